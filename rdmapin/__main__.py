@@ -1,0 +1,5 @@
+import sys
+
+from rdmapin.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""One hierarchy for every rdmapin failure.
+
+A message says what failed, the numbers behind it (limit, request, what is free) and the fix.
+Kernel-call failures are OSErrors too, so ``except OSError`` and ``.errno`` keep working.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class RdmapinError(Exception):
+    """Base of every error rdmapin raises on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.hint = hint
+        self.message = f"{message} (hint: {hint})" if hint else message
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RdmapinOSError(RdmapinError, OSError):
+    """A system or verbs call failed; carries ``errno`` like OSError does."""
+
+    def __init__(self, err: int, message: str, *, hint: str | None = None) -> None:
+        RdmapinError.__init__(self, f"{message}: {os.strerror(err)} "
+                              f"[{_errno.errorcode.get(err, err)}]", hint=hint)
+        self.errno = err
+        self.strerror = os.strerror(err)
+        self.args = (err, self.message)
+
+
+class DeviceError(RdmapinOSError):
+    """Listing, opening or querying an RDMA device failed (or there is none)."""
+
+
+class RegistrationError(RdmapinOSError):
+    """ibv_reg_mr and friends refused a region; nothing of it stays pinned."""
+
+
+class UnsupportedError(RdmapinError):
+    """This device or kernel cannot do what was asked (rxe 6.1: rereg, ODP, dmabuf, DM)."""
+
+
+class ClosedError(RdmapinError, ValueError):
+    """A verbs object was used after close()."""

@@ -1,0 +1,38 @@
+"""Markers say what a test needs; in the VM (RDMAPIN_STRICT=1) a missing need is a failure.
+
+rdma     an RDMA device (rxe0/rxe1 in the VM)
+kprobes  kprobe/kretprobe attach and kernel headers for bcc
+vm       the guest's environment: NUMA node 1 and reserved 2 MiB hugetlb pages
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from needs import NEEDS  # noqa: E402
+
+STRICT = os.environ.get("RDMAPIN_STRICT") == "1"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    mode = "strict: missing devices/probes fail" if STRICT else "missing devices/probes skip"
+    return f"rdmapin: {mode}; kernel {os.uname().release}"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for name, probe in NEEDS.items():
+        if item.get_closest_marker(name) is None:
+            continue
+        missing = probe()
+        if missing is None:
+            continue
+        if STRICT:
+            pytest.fail(f"needs {name}: {missing} (RDMAPIN_STRICT=1: failing, not skipping)",
+                        pytrace=False)
+        pytest.skip(f"needs {name}: {missing} (run it in the VM: ci/vm/run -- pytest)")

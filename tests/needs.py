@@ -1,0 +1,52 @@
+"""Probes for what a marked test needs; each returns None when present, else why not."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+IB_CLASS = Path("/sys/class/infiniband")
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+@functools.cache
+def rdma_missing() -> str | None:
+    devs = sorted(p.name for p in IB_CLASS.glob("*")) if IB_CLASS.is_dir() else []
+    if not devs:
+        return "no RDMA device in /sys/class/infiniband"
+    if not Path("/dev/infiniband").is_dir():
+        return "no /dev/infiniband (ib_uverbs not loaded)"
+    return None
+
+
+@functools.cache
+def kprobes_missing() -> str | None:
+    if not (TRACEFS / "kprobe_events").exists():
+        return "kernel without kprobes (no tracefs kprobe_events)"
+    build = Path(f"/lib/modules/{os.uname().release}/build")
+    if not (build / "include" / "generated" / "autoconf.h").exists():
+        return f"no kernel headers at {build} for bcc"
+    return None
+
+
+@functools.cache
+def vm_missing() -> str | None:
+    if not Path("/sys/devices/system/node/node1").exists():
+        return "no NUMA node 1"
+    free = 0
+    for node in Path("/sys/devices/system/node").glob("node[0-9]*"):
+        f = node / "hugepages" / "hugepages-2048kB" / "free_hugepages"
+        if f.exists():
+            free += int(f.read_text())
+    if free == 0:
+        return "no free 2 MiB hugetlb pages"
+    return None
+
+
+NEEDS: dict[str, Callable[[], str | None]] = {
+    "rdma": rdma_missing,
+    "kprobes": kprobes_missing,
+    "vm": vm_missing,
+}
