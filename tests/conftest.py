@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from needs import NEEDS  # noqa: E402
+from needs import NEEDS
 
 STRICT = os.environ.get("RDMAPIN_STRICT") == "1"
 

@@ -38,11 +38,10 @@ def test_pyverbs_opens_device(name):
 @pytest.mark.rdma
 def test_rc_loopback_write_and_read_move_bytes():
     import pyverbs.enums as e
+    from loopback import LoopbackPair
     from pyverbs.device import Context
     from pyverbs.mr import MR
     from pyverbs.pd import PD
-
-    from loopback import LoopbackPair
 
     size = 1 << 20
     access = e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE | e.IBV_ACCESS_REMOTE_READ
