@@ -10,8 +10,28 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
-def vmstat() -> dict[str, int]:
-    """/proc/vmstat as a dict (pgmigrate_fail, nr_foll_pin_acquired, compact_* ...)."""
+def refresh() -> bool:
+    """Fold every CPU's pending counter deltas into the global vmstat counters.
+
+    Node and zone counters (nr_foll_pin_acquired among them) are kept per CPU and folded only
+    past a threshold, so /proc/vmstat can lag by tens of pages per CPU; writing
+    /proc/sys/vm/stat_refresh (root) folds them now. Event counters (pgmigrate_*) are exact
+    without it. Returns False when not permitted.
+    """
+    try:
+        (PROC / "sys" / "vm" / "stat_refresh").write_text("1")
+    except OSError:
+        return False
+    return True
+
+
+def vmstat(*, exact: bool = True) -> dict[str, int]:
+    """/proc/vmstat as a dict (pgmigrate_fail, nr_foll_pin_acquired, compact_* ...).
+
+    ``exact`` folds per-CPU deltas first (see refresh) where permitted.
+    """
+    if exact:
+        refresh()
     out: dict[str, int] = {}
     for line in (PROC / "vmstat").read_text().splitlines():
         name, _, value = line.partition(" ")

@@ -3,6 +3,8 @@
 rdma     an RDMA device (rxe0/rxe1 in the VM)
 kprobes  kprobe/kretprobe attach and kernel headers for bcc
 vm       the guest's environment: NUMA node 1 and reserved 2 MiB hugetlb pages
+dimm     a hot-plugged DIMM as node 1 (ci/test boots a guest of its own for these)
+movable  a populated ZONE_MOVABLE (likewise, with movablecore=1G)
 """
 
 from __future__ import annotations

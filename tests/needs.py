@@ -45,8 +45,31 @@ def vm_missing() -> str | None:
     return None
 
 
+@functools.cache
+def dimm_missing() -> str | None:
+    if not list(Path("/sys/bus/acpi/devices").glob("PNP0C80:*")):
+        return "no hot-plugged DIMM (boot with ci/vm/run --dimm 512M)"
+    if not Path("/sys/devices/system/node/node1").exists():
+        return "no NUMA node 1 for the DIMM"
+    return None
+
+
+@functools.cache
+def movable_missing() -> str | None:
+    zone = None
+    for line in Path("/proc/zoneinfo").read_text().splitlines():
+        words = line.split()
+        if line.startswith("Node "):
+            zone = words[-1]
+        elif zone == "Movable" and words[:1] == ["present"] and int(words[1]) > 0:
+            return None
+    return "no populated ZONE_MOVABLE (boot with ci/vm/run --append movablecore=1G)"
+
+
 NEEDS: dict[str, Callable[[], str | None]] = {
     "rdma": rdma_missing,
     "kprobes": kprobes_missing,
     "vm": vm_missing,
+    "dimm": dimm_missing,
+    "movable": movable_missing,
 }
