@@ -1,0 +1,105 @@
+"""The kernel's RDMA resource tracking: every MR of every process, as the kernel sees it.
+
+Read through iproute2's ``rdma -j -d res show mr`` (the nldev netlink RES_MR_GET dump).
+Per MR the kernel gives the device, MR number, length, PD number, pid and comm; the keys
+and the IOVA only to a reader with CAP_NET_ADMIN (drivers/infiniband/core/nldev.c,
+fill_res_mr_entry). It is how rdmapin knows the MRs of a process it is not running in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rdmapin.errors import RdmapinError
+
+IB_CLASS = Path("/sys/class/infiniband")
+
+
+@dataclass(frozen=True)
+class KernelMr:
+    """One MR from the kernel's resource tracker; None where the kernel did not say."""
+
+    device: str
+    mrn: int
+    length: int
+    pid: int | None
+    comm: str | None
+    pdn: int | None
+    lkey: int | None
+    rkey: int | None
+    iova: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _int(value: object) -> int | None:
+    """rdma prints keys and iova as hex strings ("0x1a2b") and the rest as numbers."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    return int(str(value), 0)
+
+
+def parse(text: str) -> list[KernelMr]:
+    """Parse ``rdma -j [-d] res show mr`` output (one JSON array, or one per line)."""
+    rows: list[dict] = []
+    for chunk in text.splitlines():
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        data = json.loads(chunk)
+        stack = data if isinstance(data, list) else [data]
+        for item in stack:
+            if isinstance(item, list):
+                rows.extend(x for x in item if isinstance(x, dict))
+            elif isinstance(item, dict):
+                rows.append(item)
+    out = []
+    for r in rows:
+        if "mrlen" not in r:
+            continue
+        out.append(KernelMr(
+            device=str(r.get("ifname", r.get("dev", "?"))),
+            mrn=int(r.get("mrn", -1)),
+            length=int(r["mrlen"]),
+            pid=_int(r.get("pid")),
+            comm=r.get("comm"),
+            pdn=_int(r.get("pdn")),
+            lkey=_int(r.get("lkey")),
+            rkey=_int(r.get("rkey")),
+            iova=_int(r.get("iova")),
+        ))
+    return out
+
+
+def available() -> str | None:
+    """None when the kernel's MR tracking can be read here, else why not (one line)."""
+    if not IB_CLASS.is_dir() or not any(IB_CLASS.iterdir()):
+        return "no RDMA device (/sys/class/infiniband is empty or missing)"
+    if shutil.which("rdma") is None:
+        return "iproute2's rdma tool is not installed"
+    return None
+
+
+def mrs(pid: int | None = None) -> list[KernelMr]:
+    """Kernel-reported MRs, all or those of ``pid``; [] on a machine without RDMA devices."""
+    if available() is not None:
+        return []
+    argv = ["rdma", "-j", "-d", "res", "show", "mr"]
+    if pid is not None:
+        argv += ["pid", str(int(pid))]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RdmapinError(f"{' '.join(argv)} failed (exit {proc.returncode}): "
+                           f"{proc.stderr.strip()}",
+                           hint="needs iproute2 with RDMA support and the rdma netlink module")
+    found = parse(proc.stdout)
+    if pid is not None:
+        found = [m for m in found if m.pid == pid]
+    return found
