@@ -141,3 +141,29 @@ def test_pinned_pages_refuse_to_migrate_and_plain_pages_move():
             plain_buf.close()
     finally:
         b.cleanup()
+
+
+@pytest.mark.rdma
+def test_guest_network_is_only_the_veth_pair():
+    """The network rule: nothing but lo and the veth pair, documentation-range addresses."""
+    ifaces = {p.name for p in Path("/sys/class/net").iterdir()}
+    assert ifaces == {"lo", "v0", "v1"}
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], check=True, capture_output=True,
+                         text=True).stdout
+    addrs = sorted(line.split()[3] for line in out.splitlines() if " lo " not in line)
+    assert addrs == ["192.0.2.1/24", "192.0.2.2/24"]
+    routes = subprocess.run(["ip", "route", "show", "default"], check=True,
+                            capture_output=True, text=True).stdout
+    assert routes.strip() == ""
+
+
+@pytest.mark.vm
+def test_guest_limits_and_hugetlb_as_configured():
+    import resource
+
+    assert resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] == resource.RLIM_INFINITY
+    nodes = sorted(p.name for p in Path("/sys/devices/system/node").glob("node[0-9]*"))
+    assert nodes == ["node0", "node1"]
+    total = sum(int((Path("/sys/devices/system/node") / n /
+                     "hugepages/hugepages-2048kB/nr_hugepages").read_text()) for n in nodes)
+    assert total == int(Path("/proc/sys/vm/nr_hugepages").read_text()) > 0

@@ -1,0 +1,59 @@
+"""ci/vm/run builds the guest the issue asks for: TCG, two NUMA nodes, no outside network,
+hugetlb pages, the kernel console captured; checked on the real script's --dry-run."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parents[2]
+RUN = TOP / "ci" / "vm" / "run"
+
+
+def dry_run(*opts: str) -> list[str]:
+    out = subprocess.run([str(RUN), *opts, "--dry-run", "--", "sh", "-c", "exit 7"],
+                         check=True, capture_output=True, text=True).stdout
+    return shlex.split(out.strip().splitlines()[-1])
+
+
+def test_defaults_tcg_two_nodes_no_network():
+    argv = dry_run()
+    assert argv[0] == "vng"
+    assert "--disable-kvm" in argv
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--numa"] == ["1024M", "1024M"]
+    assert "--network" not in argv and "-n" not in argv
+    appends = [argv[i + 1] for i, a in enumerate(argv) if a == "--append"]
+    assert "hugepages=64" in appends and "console=hvc0" in appends
+    exec_cmd = shlex.split(argv[argv.index("--exec") + 1])
+    assert exec_cmd[0].endswith("ci/vm/guest-init")
+    assert exec_cmd[-4:] == ["--", "sh", "-c", "exit 7"]  # quoting survives
+    assert ["--memlock", "unlimited"] == exec_cmd[exec_cmd.index("--memlock"):][:2]
+
+
+def test_options_reach_the_guest():
+    argv = dry_run("--memory", "4G", "--nodes", "1", "--hugepages", "8", "--memlock", "1024",
+                   "--append", "movablecore=1G", "--kvm")
+    assert "--disable-kvm" not in argv
+    assert "--numa" not in argv
+    assert argv[argv.index("--memory") + 1] == "4096M"
+    appends = [argv[i + 1] for i, a in enumerate(argv) if a == "--append"]
+    assert "hugepages=8" in appends and "movablecore=1G" in appends
+    assert "--memlock 1024" in argv[argv.index("--exec") + 1]
+
+
+def test_dimm_puts_a_hotpluggable_dimm_on_node1():
+    argv = dry_run("--dimm", "512M")
+    qemu = shlex.split(next(a for a in argv if a.startswith("--qemu-opts=")).split("=", 1)[1])
+    assert "pc-dimm,id=dimm1,memdev=hp1,node=1" in qemu
+    assert "memory-backend-ram,id=hp1,size=512M" in qemu
+    assert "memhp_default_state=online_kernel" in argv
+
+
+@pytest.mark.parametrize("bad", ["2T", "lots", "-1"])
+def test_bad_sizes_are_usage_errors(bad):
+    r = subprocess.run([str(RUN), "--memory", bad, "--dry-run", "--", "true"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "expected N, NM or NG" in r.stderr
