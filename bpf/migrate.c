@@ -1,0 +1,145 @@
+/* Page migration: how many pages moved or stayed, why, and which folio refused.
+ * Events: tracepoint migrate:mm_migrate_pages (succeeded, failed, thp_succeeded, thp_failed,
+ *         thp_split, mode, reason), migrate:mm_migrate_pages_start (mode, reason; latency),
+ *         kprobe+kretprobe move_to_new_folio (src folio of a failed attempt: PFN, order,
+ *         refcount, mapcount, pincount).
+ * -D parameters (rdmapin.trace.loader, from rdmapin.trace.features):
+ *   HAVE_MIGRATE_START        migrate:mm_migrate_pages_start exists
+ *   HAVE_MOVE_TO_NEW_FOLIO    move_to_new_folio is kprobe-able
+ *   RP_VMEMMAP_BASE_PTR       address of the kernel variable vmemmap_base (KASLR), or
+ *   RP_VMEMMAP_START          the fixed vmemmap start when memory is not randomized
+ *   RP_STRUCT_PAGE_SIZE, RP_PAGE_REFCOUNT_OFF, RP_PAGE_MAPCOUNT_OFF, RP_PG_HEAD,
+ *   RP_FOLIO_ORDER_OFF, RP_FOLIO_ORDER_MASK, RP_FOLIO_PINCOUNT_OFF   (from BTF)
+ */
+#include "rdmapin_events.h"
+#include <linux/migrate_mode.h>	/* enum migrate_mode in the tracepoint's struct */
+
+#define RP_GUP_PIN_COUNTING_BIAS 1024	/* include/linux/mm.h: small folios count pins in _refcount */
+
+struct rp_migrate_call {
+	u64 ts_ns;
+	s32 reason;
+	u32 mode;
+};
+
+BPF_HASH(rp_migrate_inflight, u32, struct rp_migrate_call, RP_TID_SLOTS);
+BPF_HISTOGRAM(rp_migrate_lat_us, int, 64);
+
+#ifdef HAVE_MIGRATE_START
+TRACEPOINT_PROBE(migrate, mm_migrate_pages_start)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct rp_migrate_call call = {
+		.ts_ns = bpf_ktime_get_ns(), .reason = args->reason, .mode = args->mode,
+	};
+
+	rp_migrate_inflight.update(&tid, &call);
+	return 0;
+}
+#endif
+
+TRACEPOINT_PROBE(migrate, mm_migrate_pages)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct rp_migrate_call *call = rp_migrate_inflight.lookup(&tid);
+	struct rp_event ev;
+
+	rp_count(RPC_MIGRATE_SUCCEEDED, args->succeeded);
+	rp_count(RPC_MIGRATE_FAILED, args->failed);
+	rp_count(RPC_THP_SUCCEEDED, args->thp_succeeded);
+	rp_count(RPC_THP_FAILED, args->thp_failed);
+	rp_count(RPC_THP_SPLIT, args->thp_split);
+	rp_count(RPC_MIGRATE_CALLS, 1);
+
+	rp_init(&ev, RP_MIGRATE);
+	ev.reason = args->reason;
+	ev.mode = args->mode;
+	ev.a = args->succeeded;
+	ev.b = args->failed;
+	ev.c = args->thp_succeeded;
+	ev.d = args->thp_failed;
+	ev.e = args->thp_split;
+	if (call) {
+		ev.f = ev.ts_ns - call->ts_ns;
+		rp_migrate_lat_us.increment(bpf_log2l(ev.f / 1000));
+		rp_migrate_inflight.delete(&tid);
+	}
+	rp_emit(args, &ev);
+	return 0;
+}
+
+#ifdef HAVE_MOVE_TO_NEW_FOLIO
+BPF_HASH(rp_folio_inflight, u32, u64, RP_TID_SLOTS);
+
+static __always_inline u64 rp_vmemmap(void)
+{
+#ifdef RP_VMEMMAP_BASE_PTR
+	u64 base = 0;
+
+	bpf_probe_read_kernel(&base, sizeof(base), (void *)RP_VMEMMAP_BASE_PTR);
+	return base;
+#else
+	return RP_VMEMMAP_START;
+#endif
+}
+
+/* move_to_new_folio(struct folio *dst, struct folio *src, enum migrate_mode mode) */
+int rp_move_to_new_folio(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 src = PT_REGS_PARM2(ctx);
+
+	rp_folio_inflight.update(&tid, &src);
+	return 0;
+}
+
+int rp_move_to_new_folio_ret(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 *srcp = rp_folio_inflight.lookup(&tid);
+	int rc = PT_REGS_RC(ctx);
+	struct rp_migrate_call *call;
+	struct rp_event ev;
+	u64 src, flags = 0;
+	s32 refcount = 0, mapcount = 0, pincount = 0;
+	u8 order = 0;
+
+	if (!srcp)
+		return 0;
+	src = *srcp;
+	rp_folio_inflight.delete(&tid);
+	if (rc >= 0)
+		return 0;
+	rp_count(RPC_FOLIO_FAILS, 1);
+
+	rp_init(&ev, RP_FOLIO_FAIL);
+	ev.ret = rc;
+	call = rp_migrate_inflight.lookup(&tid);
+	if (call) {
+		ev.reason = call->reason;
+		ev.mode = call->mode;
+	}
+	ev.a = (src - rp_vmemmap()) / RP_STRUCT_PAGE_SIZE;
+	bpf_probe_read_kernel(&flags, sizeof(flags), (void *)src);
+	bpf_probe_read_kernel(&refcount, sizeof(refcount), (void *)(src + RP_PAGE_REFCOUNT_OFF));
+	bpf_probe_read_kernel(&mapcount, sizeof(mapcount), (void *)(src + RP_PAGE_MAPCOUNT_OFF));
+	if (flags & (1UL << RP_PG_HEAD)) {
+		u64 word = 0;
+
+		bpf_probe_read_kernel(&word, sizeof(word), (void *)(src + RP_FOLIO_ORDER_OFF));
+		order = word & RP_FOLIO_ORDER_MASK;
+#ifdef RP_FOLIO_PINCOUNT_OFF
+		bpf_probe_read_kernel(&pincount, sizeof(pincount),
+				      (void *)(src + RP_FOLIO_PINCOUNT_OFF));
+#endif
+	} else {
+		pincount = refcount / RP_GUP_PIN_COUNTING_BIAS;
+	}
+	ev.b = order;
+	ev.c = refcount;
+	ev.d = mapcount + 1;	/* _mapcount starts at -1 */
+	ev.e = pincount;
+	rp_emit(ctx, &ev);
+	return 0;
+}
+#endif /* HAVE_MOVE_TO_NEW_FOLIO */

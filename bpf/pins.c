@@ -1,0 +1,109 @@
+/* The pin ledger: who pinned which user range long-term, while tracing.
+ * Events: kprobe+kretprobe ib_umem_get(device, addr, size, access) -> struct ib_umem * (the
+ *         RDMA core pins an MR's pages here with pin_user_pages_fast(FOLL_LONGTERM)),
+ *         kprobe ib_umem_release(umem); kprobes pin_user_pages_fast and pin_user_pages_remote
+ *         with FOLL_LONGTERM set, outside ib_umem_get (io_uring fixed buffers, VFIO, ...).
+ * -D parameters: HAVE_UMEM (ib_umem_get/release attachable), HAVE_PIN_FAST, HAVE_PIN_REMOTE
+ *   (attach only), RP_FOLL_LONGTERM (the flag's value; from the headers when not given).
+ */
+#include "rdmapin_events.h"
+#include <linux/mm.h>
+
+#ifndef RP_FOLL_LONGTERM
+#define RP_FOLL_LONGTERM FOLL_LONGTERM
+#endif
+
+struct rp_umem_call {
+	u64 addr;
+	u64 size;
+	u64 access;
+};
+
+BPF_HASH(rp_umem_inflight, u32, struct rp_umem_call, RP_TID_SLOTS);
+
+/* ib_umem_get(struct ib_device *device, unsigned long addr, size_t size, int access) */
+int rp_umem_get(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct rp_umem_call call = {
+		.addr = PT_REGS_PARM2(ctx), .size = PT_REGS_PARM3(ctx), .access = PT_REGS_PARM4(ctx),
+	};
+	struct rp_event ev;
+
+	rp_umem_inflight.update(&tid, &call);
+	rp_init(&ev, RP_UMEM_BEGIN);
+	ev.a = call.addr;
+	ev.b = call.size;
+	ev.d = call.access;
+	rp_emit(ctx, &ev);
+	return 0;
+}
+
+int rp_umem_get_ret(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct rp_umem_call *call = rp_umem_inflight.lookup(&tid);
+	long umem = PT_REGS_RC(ctx);
+	struct rp_event ev;
+
+	if (!call)
+		return 0;
+	rp_init(&ev, RP_UMEM_GET);
+	ev.a = call->addr;
+	ev.b = call->size;
+	ev.d = call->access;
+	rp_umem_inflight.delete(&tid);
+	if (umem < 0 && umem >= -4095) {	/* IS_ERR() */
+		ev.ret = umem;
+	} else {
+		ev.c = umem;
+		rp_count(RPC_UMEM_GETS, 1);
+		rp_count(RPC_UMEM_BYTES, ev.b);
+	}
+	rp_emit(ctx, &ev);
+	return 0;
+}
+
+/* ib_umem_release(struct ib_umem *umem) */
+int rp_umem_release(struct pt_regs *ctx)
+{
+	struct rp_event ev;
+	u64 umem = PT_REGS_PARM1(ctx);
+
+	if (!umem)
+		return 0;
+	rp_count(RPC_UMEM_RELEASES, 1);
+	rp_init(&ev, RP_UMEM_RELEASE);
+	ev.c = umem;
+	rp_emit(ctx, &ev);
+	return 0;
+}
+
+static __always_inline int rp_pin(struct pt_regs *ctx, u64 start, u64 nr_pages, u64 gup_flags)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct rp_event ev;
+
+	if (!(gup_flags & RP_FOLL_LONGTERM) || rp_umem_inflight.lookup(&tid))
+		return 0;
+	rp_count(RPC_PIN_LONGTERM, nr_pages);
+	rp_init(&ev, RP_PIN_LONGTERM);
+	ev.a = start;
+	ev.b = nr_pages;
+	ev.d = gup_flags;
+	rp_emit(ctx, &ev);
+	return 0;
+}
+
+/* pin_user_pages_fast(unsigned long start, int nr_pages, unsigned int gup_flags, ...) */
+int rp_pin_fast(struct pt_regs *ctx)
+{
+	return rp_pin(ctx, PT_REGS_PARM1(ctx), (u32)PT_REGS_PARM2(ctx), (u32)PT_REGS_PARM3(ctx));
+}
+
+/* pin_user_pages_remote(struct mm_struct *mm, unsigned long start, unsigned long nr_pages,
+ *                       unsigned int gup_flags, ...) */
+int rp_pin_remote(struct pt_regs *ctx)
+{
+	return rp_pin(ctx, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), (u32)PT_REGS_PARM4(ctx));
+}

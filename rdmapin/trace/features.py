@@ -1,0 +1,291 @@
+"""What this kernel offers the tracer, probed at start: tracepoints and their fields, enum
+names from the format files' ``print fmt``, kprobe-able functions, headers for bcc, the ring
+buffer, and the struct page layout from BTF.
+
+Nothing here is decided by kernel version. 6.1 and 6.18 differ (``large_folio_split`` in
+``mm_migrate_pages``, ``damon`` as a migrate reason, the folio order's home), and the
+differences are read from the kernel itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rdmapin.trace import btf as _btf
+
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+TOP = Path(__file__).resolve().parents[2]
+
+# (probe name, tracepoint "category:event", -D define when present, required field names)
+TRACEPOINTS = (
+    ("migrate", "migrate:mm_migrate_pages", None, ("succeeded", "failed", "reason")),
+    ("migrate_start", "migrate:mm_migrate_pages_start", "HAVE_MIGRATE_START", ("reason",)),
+    ("compaction", "compaction:mm_compaction_isolate_migratepages", None,
+     ("start_pfn", "end_pfn", "nr_scanned", "nr_taken")),
+    ("compaction_fast_free", "compaction:mm_compaction_fast_isolate_freepages",
+     "HAVE_FAST_ISOLATE_FREEPAGES", ("nr_scanned", "nr_taken")),
+    ("compaction_finished", "compaction:mm_compaction_finished", "HAVE_COMPACTION_FINISHED",
+     ("ret",)),
+    ("compaction_deferred", "compaction:mm_compaction_deferred", "HAVE_COMPACTION_DEFERRED",
+     ("considered",)),
+    ("isolation", "page_isolation:test_pages_isolated", None, ("fin_pfn",)),
+    ("collapse", "huge_memory:mm_collapse_huge_page", None, ("status",)),
+)
+# The compaction file needs all of these; they came together in the kernel.
+COMPACTION_CORE = ("mm_compaction_begin", "mm_compaction_end",
+                   "mm_compaction_isolate_migratepages", "mm_compaction_isolate_freepages",
+                   "mm_compaction_migratepages")
+
+# (probe name, kernel function, -D define, bpf function, is return probe)
+KPROBES = (
+    ("folio_fail", "move_to_new_folio", "HAVE_MOVE_TO_NEW_FOLIO",
+     (("rp_move_to_new_folio", False), ("rp_move_to_new_folio_ret", True))),
+    ("umem", "ib_umem_get", "HAVE_UMEM",
+     (("rp_umem_get", False), ("rp_umem_get_ret", True))),
+    ("umem_release", "ib_umem_release", "HAVE_UMEM", (("rp_umem_release", False),)),
+    ("pin_fast", "pin_user_pages_fast", "HAVE_PIN_FAST", (("rp_pin_fast", False),)),
+    ("pin_remote", "pin_user_pages_remote", "HAVE_PIN_REMOTE", (("rp_pin_remote", False),)),
+)
+
+
+@dataclass(frozen=True)
+class TracepointFormat:
+    """One tracepoint's fields and the names its print fmt gives to each field's values."""
+
+    fields: dict[str, str]
+    symbols: dict[str, dict[int, str]]
+
+
+_FIELD = re.compile(r"field:(?P<type>[^;]*?)\s*(?P<name>\w+)(?:\[\w*\])?;\s*offset:")
+_SYMBOLIC = re.compile(r"__print_symbolic\(REC->(?P<field>\w+),\s*(?P<body>(?:\{[^}]*\},?\s*)+)\)")
+_PAIR = re.compile(r"\{\s*(-?\w+)\s*,\s*\"([^\"]*)\"\s*\}")
+
+
+def parse_format(text: str) -> TracepointFormat:
+    """Fields and ``__print_symbolic`` tables of a tracefs ``format`` file."""
+    fields = {m["name"]: m["type"].strip() for m in _FIELD.finditer(text)}
+    symbols: dict[str, dict[int, str]] = {}
+    fmt = text.partition("print fmt:")[2]
+    for m in _SYMBOLIC.finditer(fmt):
+        table = {}
+        for num, name in _PAIR.findall(m["body"]):
+            try:
+                table[int(num, 0)] = name
+            except ValueError:
+                continue
+        symbols.setdefault(m["field"], table)
+    return TracepointFormat(fields, symbols)
+
+
+def tracefs() -> Path | None:
+    for p in TRACEFS_CANDIDATES:
+        if (p / "events").is_dir():
+            return p
+    return None
+
+
+@dataclass
+class Features:
+    """The probes this kernel allows, why the others are missing, and the build parameters."""
+
+    tracefs: Path | None
+    formats: dict[str, TracepointFormat] = field(default_factory=dict)
+    available: dict[str, str] = field(default_factory=dict)  # probe -> what it attaches to
+    missing: dict[str, str] = field(default_factory=dict)    # probe -> why not
+    defines: dict[str, str | None] = field(default_factory=dict)
+    headers: str = "none"  # "running", "kheaders", "stand-in <dir>", "none"
+    header_cflags: list[str] = field(default_factory=list)
+    header_env: dict[str, str] = field(default_factory=dict)
+    ringbuf: bool = False
+
+    def enum(self, tracepoint: str, fld: str) -> dict[int, str]:
+        fmt = self.formats.get(tracepoint)
+        return dict(fmt.symbols.get(fld, {})) if fmt else {}
+
+    @property
+    def migrate_reasons(self) -> dict[int, str]:
+        return self.enum("migrate:mm_migrate_pages", "reason")
+
+    @property
+    def compaction_status(self) -> dict[int, str]:
+        return self.enum("compaction:mm_compaction_end", "status")
+
+    @property
+    def collapse_status(self) -> dict[int, str]:
+        return self.enum("huge_memory:mm_collapse_huge_page", "status")
+
+    def has(self, probe: str) -> bool:
+        return probe in self.available
+
+    def unavailable_line(self) -> str | None:
+        """The one line a run prints about what it cannot watch here, or None."""
+        if not self.missing:
+            return None
+        by_why: dict[str, list[str]] = {}
+        for probe, why in self.missing.items():
+            by_why.setdefault(why, []).append(probe)
+        parts = [f"{', '.join(sorted(p))} ({why})" for why, p in sorted(by_why.items())]
+        return "unavailable: " + "; ".join(parts)
+
+
+def _read_format(root: Path, tp: str) -> TracepointFormat | None:
+    cat, _, name = tp.partition(":")
+    try:
+        return parse_format((root / "events" / cat / name / "format").read_text())
+    except OSError:
+        return None
+
+
+def _functions(root: Path, wanted: set[str]) -> set[str]:
+    """Which of ``wanted`` are in available_filter_functions (kprobe-able, not inlined)."""
+    found: set[str] = set()
+    try:
+        with open(root / "available_filter_functions", "rb") as f:
+            for line in f:
+                name = line.split(b" ", 1)[0].strip().decode(errors="replace")
+                if name in wanted:
+                    found.add(name)
+    except OSError:
+        pass
+    return found
+
+
+@functools.cache
+def _kallsyms(names: tuple[str, ...]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                addr, _, rest = line.partition(" ")
+                name = rest[2:].split()[0] if len(rest) > 2 else ""
+                if name in names and name not in out and int(addr, 16):
+                    out[name] = int(addr, 16)
+    except OSError:
+        pass
+    return out
+
+
+def _headers(feat: Features) -> None:
+    """Find kernel headers for bcc: the running kernel's, kheaders, or a stand-in for the
+    tracepoint subset (only types like ``enum migrate_mode``; field layouts come from the
+    running kernel's format files, which bcc reads itself)."""
+    rel = os.uname().release
+    build = Path(f"/lib/modules/{rel}/build")
+    if (build / "include" / "generated" / "autoconf.h").exists():
+        feat.headers = "running"
+        return
+    if Path("/sys/kernel/kheaders.tar.xz").exists():
+        feat.headers = "kheaders"
+        return
+    roots = [Path(p) for p in os.environ.get("RDMAPIN_KERNEL_HEADERS", "").split(":") if p]
+    roots += sorted((TOP / ".cache" / "kernel").glob("*/usr/src"))
+    for root in roots:
+        common = sorted(root.glob("linux-headers-*-common"))
+        arch = [p for p in sorted(root.glob("linux-headers-*")) if p not in common]
+        if common and arch and (arch[0] / "include" / "generated" / "autoconf.h").exists():
+            a = arch[0]
+            feat.headers = f"stand-in {a.name}"
+            feat.header_env = {"BCC_KERNEL_SOURCE": str(common[0])}
+            feat.header_cflags = [f"-I{a}/include", f"-I{a}/arch/x86/include/generated",
+                                  f"-I{a}/arch/x86/include/generated/uapi",
+                                  f"-I{a}/include/generated/uapi"]
+            return
+    feat.headers = "none"
+
+
+def _folio_layout(feat: Features) -> str | None:
+    """-D values for reading a struct folio by offset; returns why not, or None."""
+    b = _btf.vmlinux()
+    if b is None:
+        return "no BTF for struct page"
+    size = b.sizeof("page")
+    ref = b.offsetof("page", "_refcount")
+    mapc = b.offsetof("page", "_mapcount")
+    head = b.enums.get("PG_head")
+    order = b.offsetof("folio", "_folio_order")  # 6.1: a byte of its own
+    mask = 0xFF
+    if order is None:
+        order = b.offsetof("folio", "_flags_1")  # later: low byte of _flags_1
+    if None in (size, ref, mapc, head, order):
+        return "struct page/folio layout not in BTF"
+    feat.defines.update({
+        "RP_STRUCT_PAGE_SIZE": str(size), "RP_PAGE_REFCOUNT_OFF": str(ref),
+        "RP_PAGE_MAPCOUNT_OFF": str(mapc), "RP_PG_HEAD": str(head),
+        "RP_FOLIO_ORDER_OFF": str(order), "RP_FOLIO_ORDER_MASK": hex(mask),
+    })
+    pin = b.offsetof("folio", "_pincount")
+    if pin is not None:
+        feat.defines["RP_FOLIO_PINCOUNT_OFF"] = str(pin)
+    syms = _kallsyms(("vmemmap_base",))
+    if "vmemmap_base" in syms:
+        feat.defines["RP_VMEMMAP_BASE_PTR"] = hex(syms["vmemmap_base"])
+    else:
+        feat.defines["RP_VMEMMAP_START"] = "0xffffea0000000000UL"  # x86-64 without KASLR
+    return None
+
+
+def probe() -> Features:
+    """Look at the running kernel; never raises for a missing capability."""
+    root = tracefs()
+    feat = Features(tracefs=root)
+    if root is None:
+        feat.missing["all"] = "tracefs not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
+        return feat
+    _headers(feat)
+    for name, tp, define, needed in TRACEPOINTS:
+        fmt = _read_format(root, tp)
+        if fmt is None:
+            feat.missing[name] = f"no tracepoint {tp}"
+            continue
+        feat.formats[tp] = fmt
+        lacking = [f for f in needed if f not in fmt.fields]
+        if lacking:
+            feat.missing[name] = f"{tp} lacks {', '.join(lacking)}"
+            continue
+        feat.available[name] = tp
+        if define:
+            feat.defines[define] = None
+    for ev in COMPACTION_CORE:
+        fmt = _read_format(root, f"compaction:{ev}")
+        if fmt is None:
+            feat.available.pop("compaction", None)
+            feat.missing["compaction"] = f"no tracepoint compaction:{ev}"
+            break
+        feat.formats[f"compaction:{ev}"] = fmt
+    status = feat.collapse_status
+    ok = [k for k, v in status.items() if v == "succeeded"]
+    if ok:
+        feat.defines["RP_COLLAPSE_SUCCEEDED"] = str(ok[0])
+
+    kprobes_why = None
+    if not (root / "kprobe_events").exists():
+        kprobes_why = "kernel without kprobes"
+    elif feat.headers != "running" and feat.headers != "kheaders":
+        kprobes_why = "no headers for the running kernel"
+    funcs = _functions(root, {k[1] for k in KPROBES}) if kprobes_why is None else set()
+    for name, func, define, _ in KPROBES:
+        if kprobes_why:
+            feat.missing[name] = kprobes_why
+        elif func not in funcs:
+            feat.missing[name] = (f"{func} not kprobe-able (module not loaded or inlined)"
+                                  if func.startswith("ib_umem") else f"{func} not kprobe-able")
+        else:
+            feat.available[name] = func
+            feat.defines[define] = None
+    if "folio_fail" in feat.available:
+        why = _folio_layout(feat)
+        if why:
+            feat.available.pop("folio_fail")
+            feat.defines.pop("HAVE_MOVE_TO_NEW_FOLIO", None)
+            feat.missing["folio_fail"] = why
+    # BPF ring buffers arrived in 5.8; probe for the helper rather than the version.
+    feat.ringbuf = bool(_kallsyms(("bpf_ringbuf_output",)))
+    if feat.headers == "none":
+        for name in list(feat.available):
+            feat.missing[name] = "no kernel headers for bcc"
+        feat.available.clear()
+    return feat

@@ -1,0 +1,115 @@
+"""Build the bcc program from bpf/*.c for what this kernel offers (rdmapin.trace.features):
+one file per concern, joined into one program so they share the event buffer and counters,
+parameterised only by -D defines. Kprobes are attached here, one by one, so a refusal
+becomes a reported missing probe rather than a failed run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rdmapin.errors import RdmapinError, UnsupportedError
+from rdmapin.trace.features import KPROBES, Features
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+HEADER = "rdmapin_events.h"
+RINGBUF_PAGES = 1024  # 4 MiB: a 5 s memory-offline storm (~8k failures/s) fits many times over
+
+
+@dataclass
+class Program:
+    """A loaded, attached bcc program and what it covers."""
+
+    bpf: object
+    files: list[str]
+    attached: list[str] = field(default_factory=list)
+    ringbuf: bool = False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # bcc cleanup is best effort at exit
+            self.bpf.cleanup()
+
+
+def select_files(feat: Features) -> list[str]:
+    files = []
+    if feat.has("migrate"):
+        files.append("migrate.c")
+    if feat.has("compaction"):
+        files.append("compaction.c")
+    if feat.has("isolation"):
+        files.append("isolation.c")
+    if feat.has("collapse"):
+        files.append("collapse.c")
+    if feat.has("umem") or feat.has("pin_fast") or feat.has("pin_remote"):
+        files.append("pins.c")
+    return files
+
+
+def cflags(feat: Features, ringbuf: bool, extra: dict[str, str | None] | None = None) -> list[str]:
+    defs = dict(feat.defines)
+    defs["RP_RINGBUF_PAGES"] = str(RINGBUF_PAGES)
+    if ringbuf:
+        defs["RP_RINGBUF"] = None
+    defs.update(extra or {})
+    flags = [f"-I{BPF_DIR}", *feat.header_cflags]
+    flags += [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in sorted(defs.items())]
+    return flags
+
+
+def source(files: list[str]) -> str:
+    """The shared header and the files' text joined, not #included: bcc rewrites
+    TRACEPOINT_PROBE and map methods (``rp_totals.lookup``) only in the main file. The files'
+    own ``#include "rdmapin_events.h"`` then finds the guard set."""
+    return "".join(f"#line 1 \"{BPF_DIR / name}\"\n" + (BPF_DIR / name).read_text()
+                   for name in [HEADER, *files])
+
+
+def load(feat: Features, *, ringbuf: bool | None = None,
+         extra: dict[str, str | None] | None = None) -> Program:
+    """Compile and attach; raises UnsupportedError when nothing can be watched here."""
+    from bcc import BPF  # imported late: the CLI's --help must work without bcc
+
+    files = select_files(feat)
+    if not files:
+        raise UnsupportedError(
+            "no tracepoint this tracer needs is available "
+            f"({feat.unavailable_line() or 'unknown reason'})",
+            hint="mount tracefs and run as root; kernel headers are needed for bcc")
+    use_ring = feat.ringbuf if ringbuf is None else ringbuf
+    saved = {k: os.environ.get(k) for k in feat.header_env}
+    os.environ.update(feat.header_env)
+    try:
+        b = BPF(text=source(files).encode(), cflags=cflags(feat, use_ring, extra))
+    except Exception as e:  # bcc raises bare Exception on compile/load failures
+        raise RdmapinError(f"bcc could not build the tracer from {', '.join(files)}: {e}",
+                           hint="run with -v for the compiler output; headers: "
+                           f"{feat.headers}") from e
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    prog = Program(bpf=b, files=files, ringbuf=use_ring)
+    prog.attached = [feat.available[n] for n in feat.available
+                     if not n.startswith(("folio", "umem", "pin"))]
+    for name, func, _define, fns in KPROBES:
+        if name not in feat.available:
+            continue
+        try:
+            for fn, ret in fns:
+                if ret:
+                    b.attach_kretprobe(event=func, fn_name=fn, maxactive=64)
+                else:
+                    b.attach_kprobe(event=func, fn_name=fn)
+        except Exception as e:  # bcc: "Failed to attach BPF program ... to kprobe ..."
+            feat.available.pop(name, None)
+            feat.missing[name] = f"{func} refused the kprobe ({e})"
+            continue
+        prog.attached.append(func)
+    return prog
