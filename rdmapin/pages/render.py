@@ -1,0 +1,61 @@
+"""Text rendering of a RegionReport: one idea per line, aligned columns with units."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rdmapin.pages.pagemap import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from rdmapin.pages.report import RegionReport
+
+
+def human(nbytes: int) -> str:
+    """1536 -> '1.5 KiB'; exact powers print without decimals ('2 MiB')."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= size:
+            v = nbytes / size
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def render(r: RegionReport) -> str:
+    out = [
+        f"region {r.addr:#x} +{human(r.length)} ({r.length} B)  pid {r.pid} ({r.comm})",
+        f"pages     {r.base_pages} x {human(PAGE_SIZE)}: present {r.present}, "
+        f"not present {r.not_present}, swapped {r.swapped}",
+    ]
+    out.append(f"{'BACKING':<14}{'PAGES':>10}{'FOLIOS':>10}{'BYTES':>12}")
+    for name, pages in r.backing_pages.items():
+        if pages:
+            out.append(f"  {name:<12}{pages:>10}{r.backing_folios[name]:>10}"
+                       f"{human(pages * PAGE_SIZE):>12}")
+    if r.folio_sizes:
+        sizes = ", ".join(f"{human(s)} x{c}" for s, c in sorted(r.folio_sizes.items()))
+        out.append(f"folios    {sizes}")
+    out.append(f"physical  {r.runs} contiguous runs, longest {r.longest_run} pages "
+               f"({human(r.longest_run * PAGE_SIZE)})")
+    if r.nodes:
+        out.append("numa      " + ", ".join(f"node{n} {c}" for n, c in r.nodes.items()))
+        out.append("zones     " + ", ".join(f"{z} {c}" for z, c in r.zones.items()))
+    out.append(f"locked    mlocked {r.mlocked}, unevictable {r.unevictable}")
+    d = r.descriptors
+    if d is not None:
+        note = "" if r.descriptors_complete else " (present pages only)"
+        out.append(f"kernel    {d.struct_pages} struct pages pinned by a registration, "
+                   f"{d.folios} folios{note}")
+        out.append(f"{'DEVICE PAGE':<14}{'USABLE':>8}{'DMA BLOCKS':>12}")
+        for c in d.per_size:
+            blocks = str(c.blocks) if c.blocks is not None else "-"
+            out.append(f"  {human(c.page_size):<12}{'yes' if c.usable else 'no':>8}{blocks:>12}")
+        best = (f"{human(d.best_page_size)} -> {d.best_blocks} blocks" if d.best_page_size
+                else "none (registration would fail)")
+        out.append(f"device    best page size for cap {d.pgsz_bitmap:#x}: {best}")
+        out.append(f"rxe       maps every {human(PAGE_SIZE)} page: {d.rxe_blocks} entries")
+    for v in r.vmas:
+        out.append(f"vma       {v['start']:#x}-{v['end']:#x} {v['perms']} "
+                   f"{human(v['kernel_page_size'])} pages  rss {human(v['rss'])}  "
+                   f"thp {human(v['anon_huge_pages'])}  locked {human(v['locked'])}  "
+                   f"{v['path'] or '[anon]'}")
+    out.extend(f"limit     {msg}" for msg in r.limits)
+    return "\n".join(out)

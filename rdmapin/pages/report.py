@@ -1,0 +1,203 @@
+"""The region report: what backs [addr, addr + length) of a process, read from the kernel.
+
+``inspect`` reads pagemap once, kpageflags once for the present PFNs, smaps for the VMAs
+covering the range and the zone layout, and decodes them with numpy (no per-page Python).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rdmapin.errors import RdmapinError, RdmapinOSError
+from rdmapin.pages import folios as folio_mod
+from rdmapin.pages import kpageflags as kpf
+from rdmapin.pages import pagemap, smaps, zones
+from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP, Descriptors, describe
+from rdmapin.pages.kpageflags import KPF
+from rdmapin.pages.pagemap import PAGE_SIZE
+
+
+@dataclass
+class RegionReport:
+    """Everything rdmapin can tell about one address range. Counts are base pages."""
+
+    pid: int
+    comm: str
+    addr: int
+    length: int
+    base_pages: int
+    present: int
+    not_present: int
+    swapped: int
+    backing_pages: dict[str, int]
+    backing_folios: dict[str, int]
+    folio_sizes: dict[int, int]  # folio bytes -> distinct folios
+    runs: int  # physically contiguous runs of present pages
+    longest_run: int  # pages
+    descriptors: Descriptors | None
+    descriptors_complete: bool  # False when some pages were not present
+    nodes: dict[int, int]
+    zones: dict[str, int]
+    mlocked: int
+    unevictable: int
+    vmas: list[dict] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)  # what could not be read, and why
+    pfns: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64), repr=False)
+    entries: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64), repr=False)
+    flags: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def bytes(self) -> int:
+        return self.length
+
+    def to_dict(self) -> dict:
+        """JSON-ready facts (arrays left out; ``pfns`` stays on the object)."""
+        return {
+            "pid": self.pid, "comm": self.comm, "addr": self.addr, "bytes": self.length,
+            "base_pages": self.base_pages, "page_size": PAGE_SIZE, "present": self.present,
+            "not_present": self.not_present, "swapped": self.swapped,
+            "backing_pages": self.backing_pages, "backing_folios": self.backing_folios,
+            "folio_sizes": {str(k): v for k, v in sorted(self.folio_sizes.items())},
+            "runs": self.runs, "longest_run": self.longest_run,
+            "descriptors": self.descriptors.to_dict() if self.descriptors else None,
+            "descriptors_complete": self.descriptors_complete,
+            "nodes": {str(k): v for k, v in sorted(self.nodes.items())},
+            "zones": self.zones, "mlocked": self.mlocked, "unevictable": self.unevictable,
+            "vmas": self.vmas, "limits": self.limits,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def __str__(self) -> str:
+        from rdmapin.pages.render import render
+        return render(self)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _hugetlb_pages(vmas: list[smaps.Vma], page_addrs_first: int, count: int) -> np.ndarray:
+    """Hugetlb page size (in base pages) of the VMA holding each page; 1 elsewhere."""
+    out = np.ones(count, dtype=np.int64)
+    for v in vmas:
+        if not v.hugetlb:
+            continue
+        lo = max(v.start, page_addrs_first) - page_addrs_first
+        hi = min(v.end, page_addrs_first + count * PAGE_SIZE) - page_addrs_first
+        out[lo // PAGE_SIZE:hi // PAGE_SIZE] = v.kernel_page_size // PAGE_SIZE
+    return out
+
+
+def _vma_dict(v: smaps.Vma, addr: int, length: int) -> dict:
+    f = v.fields
+    return {
+        "start": v.start, "end": v.end, "perms": v.perms, "path": v.path,
+        "covered": v.start >= addr and v.end <= addr + length,
+        "kernel_page_size": v.kernel_page_size, "rss": f.get("Rss", 0),
+        "anon_huge_pages": f.get("AnonHugePages", 0), "locked": f.get("Locked", 0),
+        "swap": f.get("Swap", 0), "hugetlb": f.get("Shared_Hugetlb", 0)
+        + f.get("Private_Hugetlb", 0), "ksm": f.get("KSM", 0), "flags": list(v.flags),
+    }
+
+
+def _runs(pfns: np.ndarray, present: np.ndarray) -> tuple[int, int]:
+    """(number of physically contiguous runs, longest run in pages) over present pages."""
+    if not present.any():
+        return 0, 0
+    start = present.copy()
+    start[1:] &= ~(present[:-1] & (pfns[1:] == pfns[:-1] + np.uint64(1)))
+    starts = np.flatnonzero(start)
+    # A run ends where the next page is a new start or not present.
+    end = present.copy()
+    end[:-1] &= ~(present[1:] & ~start[1:])
+    ends = np.flatnonzero(end)
+    return len(starts), int((ends - starts + 1).max())
+
+
+def inspect(addr: int, length: int, pid: int | None = None,
+            pgsz_bitmap: int = DEFAULT_PGSZ_BITMAP) -> RegionReport:
+    """Report what backs [addr, addr + length) in ``pid`` (default: this process).
+
+    ``pgsz_bitmap`` is the device page_size_cap used for the best-page-size verdict.
+    """
+    pid = os.getpid() if pid is None else int(pid)
+    first, count = pagemap.page_span(addr, length)
+    page0 = first * PAGE_SIZE
+    entries = pagemap.read(pid, addr, length)
+    vmas = smaps.covering(pid, addr, length)
+    if not vmas:
+        raise RdmapinError(f"pid {pid} has nothing mapped at {addr:#x}+{length}",
+                           hint=f"see /proc/{pid}/maps for its mappings")
+    limits: list[str] = []
+    present = pagemap.present(entries)
+    swapped = pagemap.swapped(entries)
+    pfns_all = entries & pagemap.PFN_MASK
+    pfns_all[~present] = 0
+    pfns = pfns_all[present]
+    n_present = len(pfns)
+
+    flags = None
+    if pagemap.pfns_hidden(entries):
+        limits.append("PFNs hidden: reading pagemap PFNs needs CAP_SYS_ADMIN (run as root)")
+    elif n_present:
+        try:
+            flags = kpf.read(pfns)
+        except RdmapinOSError as e:
+            limits.append(f"no page flags: {e}")
+
+    backing_pages = dict.fromkeys(folio_mod.CATEGORIES, 0)
+    backing_folios = dict.fromkeys(folio_mod.CATEGORIES, 0)
+    folio_sizes: dict[int, int] = {}
+    mlocked = unevictable = 0
+    folio_count = n_present
+    if flags is not None:
+        hp = _hugetlb_pages(vmas, page0, count)[present]
+        fol = folio_mod.group(pfns, flags, pagemap.exclusive(entries[present]), hp, PAGE_SIZE)
+        page_cat = fol.category[fol.page_folio]
+        for i, c in enumerate(np.bincount(page_cat, minlength=len(folio_mod.CATEGORIES))):
+            backing_pages[folio_mod.CATEGORIES[i]] = int(c)
+        dcat = fol.category[fol.distinct]
+        for i, c in enumerate(np.bincount(dcat, minlength=len(folio_mod.CATEGORIES))):
+            backing_folios[folio_mod.CATEGORIES[i]] = int(c)
+        sizes, counts = np.unique(fol.nr_pages[fol.distinct], return_counts=True)
+        folio_sizes = {int(s) * PAGE_SIZE: int(c) for s, c in zip(sizes, counts, strict=True)}
+        folio_count = int(fol.distinct.sum())
+        # Folio-wide bits live on the head page on older kernels (6.1 reads page->flags).
+        per_page = fol.head_flags[fol.page_folio] | flags
+        mlocked = int(kpf.bit(per_page, KPF.MLOCKED).sum())
+        unevictable = int(kpf.bit(per_page, KPF.UNEVICTABLE).sum())
+
+    runs, longest = _runs(pfns_all, present) if flags is not None or n_present else (0, 0)
+    nodes: dict[int, int] = {}
+    zone_counts: dict[str, int] = {}
+    descriptors = None
+    if n_present and not pagemap.pfns_hidden(entries):
+        node, zone = zones.ZoneMap().lookup(pfns)
+        # bincount (shifted by one for the -1 "unknown") instead of a sort: O(pages).
+        for v, c in enumerate(np.bincount(node.astype(np.int64) + 1)):
+            if c:
+                nodes[v - 1] = int(c)
+        for v, c in enumerate(np.bincount(zone.astype(np.int64) + 1)):
+            if c:
+                zone_counts[zones.ZONE_NAMES[v - 1] if v else "unknown"] = int(c)
+        descriptors = describe(addr, length, pfns, folio_count, pgsz_bitmap)
+    return RegionReport(
+        pid=pid, comm=_comm(pid), addr=addr, length=length, base_pages=count,
+        present=n_present, not_present=count - n_present, swapped=int(swapped.sum()),
+        backing_pages=backing_pages, backing_folios=backing_folios, folio_sizes=folio_sizes,
+        runs=runs, longest_run=longest, descriptors=descriptors,
+        descriptors_complete=n_present == count, nodes=nodes, zones=zone_counts,
+        mlocked=mlocked, unevictable=unevictable,
+        vmas=[_vma_dict(v, addr, length) for v in vmas], limits=limits,
+        pfns=pfns_all, entries=entries, flags=flags,
+    )

@@ -1,0 +1,88 @@
+"""/proc/PID/smaps for the VMAs that cover an address range: the kernel's own per-mapping
+counts (Rss, AnonHugePages, Locked, KernelPageSize ...) that every report is checked against."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from rdmapin.errors import RdmapinOSError
+
+_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
+
+
+@dataclass
+class Vma:
+    """One mapping: its range, permissions, backing path and smaps fields in bytes."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    inode: int
+    path: str
+    fields: dict[str, int] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
+
+    @property
+    def kernel_page_size(self) -> int:
+        return self.fields.get("KernelPageSize", 4096)
+
+    @property
+    def hugetlb(self) -> bool:
+        return "ht" in self.flags
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3] == "s"
+
+    @property
+    def locked(self) -> bool:
+        return "lo" in self.flags
+
+    def overlaps(self, addr: int, length: int) -> bool:
+        return self.start < addr + length and addr < self.end
+
+
+def parse(text: str) -> list[Vma]:
+    """All VMAs in smaps text, in address order."""
+    out: list[Vma] = []
+    cur: Vma | None = None
+    for line in text.splitlines():
+        m = _HEADER.match(line)
+        if m:
+            cur = Vma(int(m.group(1), 16), int(m.group(2), 16), m.group(3), int(m.group(4), 16),
+                      int(m.group(6)), m.group(7).strip())
+            out.append(cur)
+            continue
+        if cur is None:
+            continue
+        name, _, value = line.partition(":")
+        value = value.strip()
+        if name == "VmFlags":
+            cur.flags = tuple(value.split())
+        elif value.endswith(" kB"):
+            cur.fields[name] = int(value[:-3]) * 1024
+        elif value.isdigit():
+            cur.fields[name] = int(value)
+    return out
+
+
+def read(pid: int | str = "self") -> list[Vma]:
+    path = f"/proc/{pid}/smaps"
+    try:
+        with open(path) as f:
+            return parse(f.read())
+    except OSError as e:
+        raise RdmapinOSError(e.errno or 0, f"read {path}",
+                             hint="is the pid alive? another user's process needs root") from e
+
+
+def covering(pid: int | str, addr: int, length: int) -> list[Vma]:
+    """The VMAs overlapping [addr, addr + length), in address order."""
+    return [v for v in read(pid) if v.overlaps(addr, length)]
+
+
+def total(vmas: list[Vma], name: str) -> int:
+    """Sum of one smaps field (bytes) over ``vmas``."""
+    return sum(v.fields.get(name, 0) for v in vmas)
