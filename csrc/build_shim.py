@@ -1,7 +1,8 @@
 """Build rdmapin._verbs, the cffi API-mode extension over libibverbs.
 
-The C lives in csrc/shim.c (compiled as is) and csrc/shim.h (the declarations cffi parses);
-this script only joins them, so the C can be read, compiled and linted as C.
+The C lives in csrc/shim.c (compiled as is) and csrc/shim.h (the declarations cffi parses,
+also included by shim.c); this script only joins them, so the C can be read, compiled and
+linted as C.
 """
 
 from pathlib import Path

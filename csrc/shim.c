@@ -1,11 +1,30 @@
 /* rdmapin's thin C layer over libibverbs, compiled by cffi in API mode (csrc/build_shim.py).
- * Each function captures errno into *err right at the failing call. */
+ * Conventions in shim.h: ints are 0/count or -errno; pointers are NULL with errno saved at
+ * the failing call in a thread-local (rdmapin_errno()). */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <endian.h>
 #include <infiniband/verbs.h>
 
 #include "shim.h"
+
+static __thread int rdmapin_saved_errno;
+
+/* Save errno of the call that just failed; always returns NULL for the caller to return. */
+static void *fail_null(int err)
+{
+	rdmapin_saved_errno = err ? err : EIO;
+	return NULL;
+}
+
+int rdmapin_errno(void)
+{
+	return rdmapin_saved_errno;
+}
 
 int rdmapin_verbs_api_version(void)
 {
@@ -39,4 +58,271 @@ int rdmapin_device_name(int index, char *buf, size_t len)
 	snprintf(buf, len, "%s", ibv_get_device_name(list[index]));
 	ibv_free_device_list(list);
 	return 0;
+}
+
+int rdmapin_list_devices(struct rdmapin_device_info *out, int max)
+{
+	int i, n = 0;
+	struct ibv_device **list = ibv_get_device_list(&n);
+
+	if (!list)
+		return -errno;
+	for (i = 0; i < n && i < max; i++) {
+		struct ibv_device *d = list[i];
+
+		snprintf(out[i].name, sizeof(out[i].name), "%s", ibv_get_device_name(d));
+		snprintf(out[i].ibdev_path, sizeof(out[i].ibdev_path), "%s", d->ibdev_path);
+		out[i].node_guid = be64toh(ibv_get_device_guid(d));
+		out[i].node_type = d->node_type;
+		out[i].transport_type = d->transport_type;
+	}
+	ibv_free_device_list(list);
+	return n;
+}
+
+struct ibv_context *rdmapin_open_device(const char *name)
+{
+	int i, n = 0, err;
+	struct ibv_context *ctx = NULL;
+	struct ibv_device **list = ibv_get_device_list(&n);
+
+	if (!list)
+		return fail_null(errno);
+	for (i = 0; i < n; i++) {
+		if (name && name[0] && strcmp(ibv_get_device_name(list[i]), name))
+			continue;
+		errno = 0;
+		ctx = ibv_open_device(list[i]);
+		err = errno;
+		ibv_free_device_list(list);
+		return ctx ? ctx : fail_null(err);
+	}
+	ibv_free_device_list(list);
+	return fail_null(ENODEV);
+}
+
+int rdmapin_close_device(struct ibv_context *ctx)
+{
+	return ibv_close_device(ctx) ? -(errno ? errno : EIO) : 0;
+}
+
+int rdmapin_context_device_name(struct ibv_context *ctx, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s", ibv_get_device_name(ctx->device));
+	return 0;
+}
+
+int rdmapin_query_device(struct ibv_context *ctx, struct rdmapin_device_caps *out)
+{
+	struct ibv_device_attr_ex ex;
+	struct ibv_device_attr *a = &ex.orig_attr;
+	int rc;
+
+	memset(&ex, 0, sizeof(ex));
+	memset(out, 0, sizeof(*out));
+	rc = ibv_query_device_ex(ctx, NULL, &ex);
+	if (rc == 0) {
+		out->has_ex = 1;
+		out->odp_general_caps = ex.odp_caps.general_caps;
+		out->odp_rc_caps = ex.odp_caps.per_transport_caps.rc_odp_caps;
+		out->odp_uc_caps = ex.odp_caps.per_transport_caps.uc_odp_caps;
+		out->odp_ud_caps = ex.odp_caps.per_transport_caps.ud_odp_caps;
+		out->device_cap_flags_ex = ex.device_cap_flags_ex;
+	} else {
+		rc = ibv_query_device(ctx, a);
+		if (rc)
+			return -rc;
+	}
+	snprintf(out->fw_ver, sizeof(out->fw_ver), "%s", a->fw_ver);
+	out->node_guid = be64toh(a->node_guid);
+	out->sys_image_guid = be64toh(a->sys_image_guid);
+	out->max_mr_size = a->max_mr_size;
+	out->page_size_cap = a->page_size_cap;
+	out->vendor_id = a->vendor_id;
+	out->vendor_part_id = a->vendor_part_id;
+	out->hw_ver = a->hw_ver;
+	out->max_qp = a->max_qp;
+	out->max_cq = a->max_cq;
+	out->max_mr = a->max_mr;
+	out->max_pd = a->max_pd;
+	out->max_mw = a->max_mw;
+	out->device_cap_flags = a->device_cap_flags;
+	out->phys_port_cnt = a->phys_port_cnt;
+	out->atomic_cap = a->atomic_cap;
+	return 0;
+}
+
+int rdmapin_query_port(struct ibv_context *ctx, int port, struct rdmapin_port_attr *out)
+{
+	struct ibv_port_attr a;
+	int rc;
+
+	memset(&a, 0, sizeof(a));
+	rc = ibv_query_port(ctx, (uint8_t)port, &a);
+	if (rc)
+		return -rc;
+	out->state = a.state;
+	out->max_mtu = a.max_mtu;
+	out->active_mtu = a.active_mtu;
+	out->gid_tbl_len = a.gid_tbl_len;
+	out->max_msg_sz = a.max_msg_sz;
+	out->lid = a.lid;
+	out->link_layer = a.link_layer;
+	out->active_width = a.active_width;
+	out->active_speed = a.active_speed;
+	out->phys_state = a.phys_state;
+	return 0;
+}
+
+int rdmapin_query_gid(struct ibv_context *ctx, int port, int index, uint8_t *raw16)
+{
+	union ibv_gid gid;
+
+	if (ibv_query_gid(ctx, (uint8_t)port, index, &gid))
+		return -(errno ? errno : EINVAL);
+	memcpy(raw16, gid.raw, 16);
+	return 0;
+}
+
+struct ibv_pd *rdmapin_alloc_pd(struct ibv_context *ctx)
+{
+	struct ibv_pd *pd = ibv_alloc_pd(ctx);
+
+	return pd ? pd : fail_null(errno);
+}
+
+int rdmapin_dealloc_pd(struct ibv_pd *pd)
+{
+	int rc = ibv_dealloc_pd(pd);
+
+	return rc ? -rc : 0;
+}
+
+int rdmapin_pd_device_name(struct ibv_pd *pd, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s", ibv_get_device_name(pd->context->device));
+	return 0;
+}
+
+uint32_t rdmapin_pd_handle(struct ibv_pd *pd)
+{
+	return pd->handle;
+}
+
+/* Wrap a fresh ibv_mr for Python; on malloc failure undo the registration. */
+static struct rdmapin_mr *wrap_mr(struct ibv_mr *mr)
+{
+	struct rdmapin_mr *m;
+
+	if (!mr)
+		return fail_null(errno);
+	m = malloc(sizeof(*m));
+	if (!m) {
+		ibv_dereg_mr(mr);
+		return fail_null(ENOMEM);
+	}
+	m->addr = (uintptr_t)mr->addr;
+	m->length = mr->length;
+	m->lkey = mr->lkey;
+	m->rkey = mr->rkey;
+	m->handle = mr->handle;
+	m->mr = mr;
+	return m;
+}
+
+struct rdmapin_mr *rdmapin_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access)
+{
+	/* The real symbol, not the inline dispatcher: access is not a compile-time constant
+	 * here; optional-range flags go through rdmapin_reg_mr_iova2 (the Python side routes). */
+	return wrap_mr((ibv_reg_mr)(pd, addr, length, access));
+}
+
+struct rdmapin_mr *rdmapin_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length,
+					uint64_t iova, unsigned int access)
+{
+	return wrap_mr(ibv_reg_mr_iova2(pd, addr, length, iova, access));
+}
+
+struct rdmapin_mr *rdmapin_reg_dmabuf_mr(struct ibv_pd *pd, uint64_t offset, size_t length,
+					 uint64_t iova, int fd, int access)
+{
+	return wrap_mr(ibv_reg_dmabuf_mr(pd, offset, length, iova, fd, access));
+}
+
+int rdmapin_dereg_mr(struct rdmapin_mr *m)
+{
+	int rc = ibv_dereg_mr(m->mr);
+
+	if (rc)
+		return -rc;
+	free(m);
+	return 0;
+}
+
+int rdmapin_rereg_mr(struct rdmapin_mr *m, int flags, struct ibv_pd *pd, void *addr,
+		     size_t length, int access, int *rereg_err)
+{
+	int rc;
+
+	errno = 0;
+	rc = ibv_rereg_mr(m->mr, flags, pd, addr, length, access);
+	*rereg_err = rc;
+	if (rc)
+		return -(errno ? errno : EINVAL);
+	m->addr = (uintptr_t)m->mr->addr;
+	m->length = m->mr->length;
+	m->lkey = m->mr->lkey;
+	m->rkey = m->mr->rkey;
+	return 0;
+}
+
+int rdmapin_advise_mr(struct ibv_pd *pd, int advice, uint32_t flags, uint64_t addr,
+		      uint32_t length, uint32_t lkey)
+{
+	struct ibv_sge sge = { .addr = addr, .length = length, .lkey = lkey };
+	int rc = ibv_advise_mr(pd, (enum ibv_advise_mr_advice)advice, flags, &sge, 1);
+
+	return rc ? -rc : 0;
+}
+
+int rdmapin_fork_init(void)
+{
+	int rc = ibv_fork_init();
+
+	return rc ? -rc : 0;
+}
+
+int rdmapin_is_fork_initialized(void)
+{
+	return (int)ibv_is_fork_initialized();
+}
+
+void *rdmapin_mmap(size_t length, size_t align, int extra_flags)
+{
+	size_t span = length + (align > 4096 ? align : 0);
+	char *p, *start;
+
+	p = mmap(NULL, span, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
+	if (p == MAP_FAILED)
+		return fail_null(errno);
+	if (span == length)
+		return p;
+	/* Trim the over-allocation on both sides; only our own mapping is touched. */
+	start = (char *)(((uintptr_t)p + align - 1) & ~((uintptr_t)align - 1));
+	if (start > p)
+		munmap(p, start - p);
+	if (p + span > start + length)
+		munmap(start + length, (p + span) - (start + length));
+	return start;
+}
+
+int rdmapin_munmap(void *addr, size_t length)
+{
+	return munmap(addr, length) ? -errno : 0;
+}
+
+int rdmapin_madvise(void *addr, size_t length, int advice)
+{
+	return madvise(addr, length, advice) ? -errno : 0;
 }

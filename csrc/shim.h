@@ -1,14 +1,126 @@
 /* Declarations cffi parses (no preprocessor here): the libibverbs types rdmapin touches,
  * kept opaque where Python never reads a field, and the rdmapin_* shim functions of shim.c.
- * Every shim call that can fail returns -1/NULL and stores errno in *err at the call, so
- * Python never reads a global errno after the fact. */
+ *
+ * Error convention (one place, rdmapin/_lib.py, turns it into exceptions):
+ *   - int-returning calls return 0 (or a count) on success and -errno on failure;
+ *   - pointer-returning calls return NULL and leave errno, saved right after the failing
+ *     verbs call, in a thread-local the caller reads with rdmapin_errno().
+ * This file is both real C (shim.c includes it) and the cdef, so it declares only plain
+ * structs of its own; libibverbs types stay opaque.
+ * So Python never reads a global errno after the fact, and the hot path (register) needs
+ * no out-parameter allocation. */
 
-struct ibv_device;
 struct ibv_context;
+struct ibv_device;
 
-/* Device list: names and GUIDs copied out, so Python holds no pointer into the list. */
-int rdmapin_device_count(int *err);
-int rdmapin_device_name(int index, char *buf, size_t len);
+struct ibv_pd;
+struct ibv_mr;
+
+/* One registration as Python sees it: the keys and range as plain integers, read straight
+ * from this struct after the one reg call (no casts, no second call). Owned by the shim:
+ * rdmapin_dereg_mr frees it. */
+struct rdmapin_mr {
+	uint64_t addr;
+	uint64_t length;
+	uint32_t lkey;
+	uint32_t rkey;
+	uint32_t handle;
+	struct ibv_mr *mr;
+};
+
+/* errno saved by the last failing pointer-returning shim call in this thread. */
+int rdmapin_errno(void);
 
 /* 1 when the shim was compiled against <infiniband/verbs.h> of this rdma-core. */
 int rdmapin_verbs_api_version(void);
+
+/* Device list: names and GUIDs copied out, so Python holds no pointer into the list. */
+struct rdmapin_device_info {
+	char name[64];
+	char ibdev_path[256];
+	uint64_t node_guid;        /* host byte order */
+	int node_type;
+	int transport_type;
+};
+int rdmapin_device_count(int *err);
+int rdmapin_device_name(int index, char *buf, size_t len);
+/* Fills up to max entries; returns how many devices exist (may exceed max) or -errno. */
+int rdmapin_list_devices(struct rdmapin_device_info *out, int max);
+
+/* Open by name; NULL or "" opens the first device. NULL + rdmapin_errno() on failure
+ * (ENODEV: no device of that name / none at all). */
+struct ibv_context *rdmapin_open_device(const char *name);
+int rdmapin_close_device(struct ibv_context *ctx);
+int rdmapin_context_device_name(struct ibv_context *ctx, char *buf, size_t len);
+
+struct rdmapin_device_caps {
+	char fw_ver[64];
+	uint64_t node_guid;
+	uint64_t sys_image_guid;
+	uint64_t max_mr_size;
+	uint64_t page_size_cap;
+	uint32_t vendor_id;
+	uint32_t vendor_part_id;
+	uint32_t hw_ver;
+	int max_qp;
+	int max_cq;
+	int max_mr;
+	int max_pd;
+	int max_mw;
+	unsigned int device_cap_flags;
+	int phys_port_cnt;
+	int atomic_cap;
+	int has_ex;                /* ibv_query_device_ex answered; the fields below are valid */
+	uint64_t odp_general_caps;
+	uint32_t odp_rc_caps;
+	uint32_t odp_uc_caps;
+	uint32_t odp_ud_caps;
+	uint64_t device_cap_flags_ex;
+};
+int rdmapin_query_device(struct ibv_context *ctx, struct rdmapin_device_caps *out);
+
+struct rdmapin_port_attr {
+	int state;
+	int max_mtu;
+	int active_mtu;
+	int gid_tbl_len;
+	uint32_t max_msg_sz;
+	uint16_t lid;
+	int link_layer;
+	int active_width;
+	int active_speed;
+	int phys_state;
+};
+int rdmapin_query_port(struct ibv_context *ctx, int port, struct rdmapin_port_attr *out);
+int rdmapin_query_gid(struct ibv_context *ctx, int port, int index, uint8_t *raw16);
+
+struct ibv_pd *rdmapin_alloc_pd(struct ibv_context *ctx);
+int rdmapin_dealloc_pd(struct ibv_pd *pd);
+/* The device a PD belongs to, also for a PD allocated by someone else (pyverbs). */
+int rdmapin_pd_device_name(struct ibv_pd *pd, char *buf, size_t len);
+uint32_t rdmapin_pd_handle(struct ibv_pd *pd);
+
+/* The hot path: one call, the MR pointer back (keys are read from it), NULL + errno. */
+struct rdmapin_mr *rdmapin_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access);
+struct rdmapin_mr *rdmapin_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length,
+					uint64_t iova, unsigned int access);
+struct rdmapin_mr *rdmapin_reg_dmabuf_mr(struct ibv_pd *pd, uint64_t offset, size_t length,
+					 uint64_t iova, int fd, int access);
+/* ibv_dereg_mr; on success the rdmapin_mr is freed too. 0 or -errno (then nothing changed). */
+int rdmapin_dereg_mr(struct rdmapin_mr *m);
+/* Returns 0 or -errno and refreshes m's fields; *rereg_err gets ibv_rereg_mr's own
+ * IBV_REREG_MR_ERR_* code. */
+int rdmapin_rereg_mr(struct rdmapin_mr *m, int flags, struct ibv_pd *pd, void *addr,
+		     size_t length, int access, int *rereg_err);
+int rdmapin_advise_mr(struct ibv_pd *pd, int advice, uint32_t flags, uint64_t addr,
+		      uint32_t length, uint32_t lkey);
+
+int rdmapin_fork_init(void);
+int rdmapin_is_fork_initialized(void);
+
+/* Page-size-aware anonymous memory for rdmapin.memory: an `align`-aligned mapping of
+ * `length` bytes (the over-allocation is trimmed, so no other mapping is touched).
+ * NULL + rdmapin_errno() on failure. */
+void *rdmapin_mmap(size_t length, size_t align, int extra_flags);
+int rdmapin_munmap(void *addr, size_t length);
+int rdmapin_madvise(void *addr, size_t length, int advice);

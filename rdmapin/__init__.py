@@ -1,22 +1,62 @@
 """rdmapin: userspace RDMA memory registration and pinning, and what it does to the kernel."""
 
+from rdmapin import errors
+from rdmapin.access import Access
+from rdmapin.device import (
+    Device,
+    DeviceCaps,
+    DeviceInfo,
+    PortInfo,
+    devices,
+    fork_init,
+    fork_status,
+    open_device,
+)
 from rdmapin.errors import (
+    AllocationError,
+    BufferTypeError,
     ClosedError,
     DeviceError,
+    HugepagesError,
+    MemlockError,
+    NoDeviceError,
     RdmapinError,
     RdmapinOSError,
     RegistrationError,
     UnsupportedError,
 )
+from rdmapin.memory import Buffer, alloc, empty
+from rdmapin.mr import MemoryRegion
+from rdmapin.pd import ProtectionDomain
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Access",
+    "AllocationError",
+    "Buffer",
+    "BufferTypeError",
     "ClosedError",
+    "Device",
+    "DeviceCaps",
     "DeviceError",
+    "DeviceInfo",
+    "HugepagesError",
+    "MemlockError",
+    "MemoryRegion",
+    "NoDeviceError",
+    "PortInfo",
+    "ProtectionDomain",
     "RdmapinError",
     "RdmapinOSError",
     "RegistrationError",
     "UnsupportedError",
     "__version__",
+    "alloc",
+    "devices",
+    "empty",
+    "errors",
+    "fork_init",
+    "fork_status",
+    "open_device",
 ]

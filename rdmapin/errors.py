@@ -47,3 +47,24 @@ class UnsupportedError(RdmapinError):
 
 class ClosedError(RdmapinError, ValueError):
     """A verbs object was used after close()."""
+
+
+class NoDeviceError(DeviceError):
+    """There is no RDMA device (or none of that name) to open."""
+
+
+class MemlockError(RegistrationError):
+    """ENOMEM because the pin would exceed RLIMIT_MEMLOCK (no CAP_IPC_LOCK)."""
+
+
+class BufferTypeError(RdmapinError, TypeError):
+    """The object cannot be registered: no buffer protocol, not contiguous, or read-only for
+    a writable registration. Raised before any verbs call, so nothing was pinned."""
+
+
+class AllocationError(RdmapinOSError):
+    """rdmapin.alloc could not map, bind or populate the memory asked for; nothing stays mapped."""
+
+
+class HugepagesError(AllocationError):
+    """Not enough free hugetlb pages of the size asked for (on the node asked for)."""

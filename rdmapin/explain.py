@@ -1,0 +1,241 @@
+"""Turn a failed registration or allocation into an error that says why and how to fix it.
+
+Only runs on the failure path, so it may read /proc and /sys freely: the memlock limit
+against VmPin (what ib_umem_get charges), the mappings under the range, max_map_count,
+max_mr_size, free hugetlb pages per node.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdmapin import procfs
+from rdmapin.access import NEEDS_LOCAL_WRITE, WRITABLE, Access, describe
+from rdmapin.errors import (
+    HugepagesError,
+    MemlockError,
+    NoDeviceError,
+    RegistrationError,
+    UnsupportedError,
+)
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CAP_IPC_LOCK = 14
+NODES = Path("/sys/devices/system/node")
+HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+
+
+def _fmt(n: int) -> str:
+    """Bytes for people: 4096 -> '4 KiB', 67108864 -> '64 MiB'."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << (shift - 4)) == 0:
+            v = n / (1 << shift)
+            return f"{v:g} {unit}"
+    return f"{n} B"
+
+
+def pages_spanned(addr: int, length: int) -> int:
+    """4K pages ib_umem_get pins (and charges to pinned_vm) for [addr, addr+length)."""
+    if length <= 0:
+        return 0
+    first = addr // PAGE
+    last = (addr + length - 1) // PAGE
+    return last - first + 1
+
+
+def has_cap_ipc_lock() -> bool:
+    eff = str(procfs.status().get("CapEff", "0"))
+    return bool(int(eff, 16) >> CAP_IPC_LOCK & 1)
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    perms: str
+    path: str
+
+
+def vmas(start: int, end: int) -> list[Vma]:
+    """The mappings of this process that overlap [start, end)."""
+    out = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if hi > start and lo < end:
+            out.append(Vma(lo, hi, parts[1], parts[5] if len(parts) > 5 else ""))
+    return out
+
+
+def _holes(start: int, end: int, maps: list[Vma]) -> int:
+    """Bytes of [start, end) that no mapping covers."""
+    covered, pos = 0, start
+    for v in maps:
+        lo, hi = max(v.start, pos), min(v.end, end)
+        if hi > lo:
+            covered += hi - lo
+            pos = hi
+    return (end - start) - covered
+
+
+def kernel_page_size(addr: int) -> int | None:
+    """KernelPageSize of the mapping holding addr (2 MiB for hugetlb 2M), from smaps."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and head == "KernelPageSize:":
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def hugepages_free(size: int) -> dict[int, int]:
+    """{node: free hugetlb pages of ``size`` bytes} (node -1 = the system total)."""
+    name = f"hugepages-{size // 1024}kB"
+    out = {}
+    for node in sorted(NODES.glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
+        f = node / "hugepages" / name / "free_hugepages"
+        if f.exists():
+            out[int(node.name[4:])] = int(f.read_text())
+    total = HUGEPAGES / name / "free_hugepages"
+    out[-1] = int(total.read_text()) if total.exists() else 0
+    return out
+
+
+def hugepages_error(err: int, size: int, length: int, node: int | None,
+                    what: str) -> HugepagesError:
+    free = hugepages_free(size)
+    need = -(-length // size)
+    per_node = ", ".join(f"node{n}: {c}" for n, c in free.items() if n >= 0) or "none"
+    where = f"node {node}" if node is not None else "the system"
+    target = (f"/sys/devices/system/node/node{node}/hugepages/hugepages-{size // 1024}kB/"
+              "nr_hugepages" if node is not None else "/proc/sys/vm/nr_hugepages"
+              if size == 2 << 20 else f"{HUGEPAGES}/hugepages-{size // 1024}kB/nr_hugepages")
+    return HugepagesError(
+        err, f"{what}: needs {need} free {_fmt(size)} hugetlb pages on {where}; "
+             f"free per node: {per_node} (total {free.get(-1, 0)})",
+        hint=f"reserve them: echo {need} > {target} (or boot with hugepages=N; "
+             f"ci/vm/run --hugepages N)")
+
+
+def no_device(name: str | None, available: list[str], err: int = _errno.ENODEV) -> NoDeviceError:
+    if available:
+        return NoDeviceError(err, f"no RDMA device named {name!r}; present: "
+                                  f"{', '.join(available)}",
+                             hint="pick one of those, or None for the first")
+    return NoDeviceError(
+        err, "no RDMA device on this machine (/sys/class/infiniband is empty)",
+        hint="create a soft-RoCE one: modprobe rdma_rxe && rdma link add rxe0 type rxe "
+             "netdev IFACE; or run inside the test VM: ci/vm/run -- CMD")
+
+
+def registration(err: int, *, call: str, addr: int, length: int, access: int,
+                 max_mr_size: int | None = None,
+                 device: str = "") -> RegistrationError | UnsupportedError:
+    """The explained exception for ibv_reg_mr* failing with ``err`` on [addr, addr+length)."""
+    what = (f"{call}({_fmt(length)} at {addr:#x}, access={describe(access)}"
+            f"{', ' + device if device else ''})")
+    if err in (_errno.EOPNOTSUPP, _errno.ENOTSUP, _errno.EPROTONOSUPPORT):
+        return UnsupportedError(f"{what}: the device does not support this registration "
+                               f"({_errno.errorcode.get(err, err)})",
+                               hint="drop ON_DEMAND/RELAXED_ORDERING or use another device")
+    if err == _errno.ENOMEM:
+        return _enomem(err, what, addr, length, max_mr_size)
+    if err == _errno.EFAULT:
+        return _efault(err, what, addr, length, access)
+    if err == _errno.EINVAL:
+        return _einval(err, what, addr, length, access, max_mr_size)
+    if err == _errno.EACCES:
+        return RegistrationError(err, f"{what}: the kernel refused the access flags",
+                                 hint="REMOTE_* on a read-only mapping, or the device lacks "
+                                      "the access; check Access and the mapping's protection")
+    return RegistrationError(err, what)
+
+
+def _enomem(err: int, what: str, addr: int, length: int,
+            max_mr_size: int | None) -> RegistrationError:
+    npages = pages_spanned(addr, length)
+    request = npages * PAGE
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    st = procfs.status()
+    vm_pin, vm_lck = int(st.get("VmPin", 0)), int(st.get("VmLck", 0))
+    cap = has_cap_ipc_lock()
+    if not cap and soft != resource.RLIM_INFINITY and vm_pin + request > soft:
+        return MemlockError(
+            err, f"{what}: pinning {_fmt(request)} ({npages} pages) would exceed "
+                 f"RLIMIT_MEMLOCK {_fmt(soft)}; already pinned VmPin {_fmt(vm_pin)}, "
+                 f"locked VmLck {_fmt(vm_lck)}; no CAP_IPC_LOCK",
+            hint=f"raise the limit: ulimit -l {(vm_pin + request) // 1024 + 1} (KiB) or "
+                 "'unlimited'; or '* - memlock unlimited' in /etc/security/limits.conf "
+                 "(LimitMEMLOCK= for systemd units); or grant CAP_IPC_LOCK")
+    if max_mr_size and length > max_mr_size:
+        return RegistrationError(err, f"{what}: {_fmt(length)} exceeds the device's "
+                                      f"max_mr_size {_fmt(max_mr_size)}",
+                                 hint="split the buffer into several MRs")
+    try:
+        max_maps = int(Path("/proc/sys/vm/max_map_count").read_text())
+        nmaps = len(Path("/proc/self/maps").read_text().splitlines())
+    except OSError:
+        max_maps = nmaps = 0
+    if max_maps and nmaps >= max_maps - 2:
+        return RegistrationError(err, f"{what}: {nmaps} mappings, vm.max_map_count is "
+                                      f"{max_maps}",
+                                 hint="sysctl -w vm.max_map_count=N, or use fewer, larger "
+                                      "buffers")
+    return RegistrationError(
+        err, f"{what}: out of memory but not memlock (limit "
+             f"{'unlimited' if soft == resource.RLIM_INFINITY else _fmt(soft)}, VmPin "
+             f"{_fmt(vm_pin)}, CAP_IPC_LOCK {'yes' if cap else 'no'}); the long-term pin "
+             "may have failed to migrate pages out of ZONE_MOVABLE/CMA, or the kernel is "
+             "out of memory",
+        hint="check /proc/vmstat pgmigrate_fail and free memory; trace it with "
+             "`rdmapin trace`")
+
+
+def _efault(err: int, what: str, addr: int, length: int, access: int) -> RegistrationError:
+    maps = vmas(addr, addr + length)
+    hole = _holes(addr, addr + length, maps)
+    if hole:
+        return RegistrationError(err, f"{what}: {_fmt(hole)} of the range is not mapped",
+                                 hint="register memory the process owns, for as long as it "
+                                      "stays mapped")
+    if access & WRITABLE and any("w" not in v.perms for v in maps):
+        ro = next(v for v in maps if "w" not in v.perms)
+        return RegistrationError(err, f"{what}: the mapping {ro.start:#x}-{ro.end:#x} "
+                                      f"({ro.perms} {ro.path}) is read-only but the access "
+                                      f"{describe(access & WRITABLE)} needs write",
+                                 hint="register read-only memory with "
+                                      "Access.REMOTE_READ only, or map it writable")
+    return RegistrationError(err, f"{what}: the kernel could not pin the pages (EFAULT)",
+                             hint="is it an I/O or PFNMAP mapping (not pinnable)?")
+
+
+def _einval(err: int, what: str, addr: int, length: int, access: int,
+            max_mr_size: int | None) -> RegistrationError:
+    if access & NEEDS_LOCAL_WRITE and not access & Access.LOCAL_WRITE:
+        return RegistrationError(err, f"{what}: {describe(access & NEEDS_LOCAL_WRITE)} "
+                                      "requires LOCAL_WRITE (ib_check_mr_access)",
+                                 hint="add Access.LOCAL_WRITE")
+    if length == 0:
+        return RegistrationError(err, f"{what}: zero-length region",
+                                 hint="register at least one byte")
+    if max_mr_size and length > max_mr_size:
+        return RegistrationError(err, f"{what}: exceeds max_mr_size {_fmt(max_mr_size)}",
+                                 hint="split the buffer into several MRs")
+    ps = kernel_page_size(addr)
+    if ps and ps > PAGE and (addr % ps or length % ps):
+        return RegistrationError(err, f"{what}: hugetlb mapping of {_fmt(ps)} pages, range "
+                                      "not aligned to it",
+                                 hint=f"align address and length to {_fmt(ps)}")
+    return RegistrationError(err, f"{what}: invalid argument",
+                             hint="check the access flags against dev.caps")
+
+
+def zero_length(call: str, addr: int, access: int) -> RegistrationError:
+    return registration(_errno.EINVAL, call=call, addr=addr, length=0, access=access)
