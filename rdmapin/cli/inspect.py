@@ -1,0 +1,99 @@
+"""`rdmapin inspect`: per process, pinned bytes, MRs and what backs them.
+
+One row per process: VmPin and VmLck from /proc/PID/status, the MRs the kernel tracks for
+it, their total charge, the backing of the MR pages (4K, THP, hugetlb, other) and whether
+VmPin equals the MRs' charge. Without PIDs: every process with pinned memory or MRs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rdmapin import procfs
+from rdmapin.errors import RdmapinError
+from rdmapin.pages import inspect as inspect_region
+from rdmapin.pages import rdma_res, reconcile
+from rdmapin.pages.render import human
+
+EXAMPLES = """examples:
+  rdmapin inspect              # every process with VmPin > 0 or an MR
+  rdmapin inspect 4242 4243    # these processes
+  rdmapin inspect -j           # JSON lines: pid, comm, vm_pin, vm_lck, mrs, backing ...
+"""
+
+COLS = (("PID", 7), ("COMM", 15), ("PINNED", 10), ("LOCKED", 10), ("MRS", 4),
+        ("MR-BYTES", 10), ("4K", 9), ("THP", 9), ("HUGETLB", 9), ("OTHER", 9), ("OK", 3))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="pinned bytes, MRs and backing per process",
+                       description=__doc__, epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pids", nargs="*", type=int, metavar="PID", help="processes (default: all "
+                   "with pinned memory or MRs)")
+    p.add_argument("-j", "--json", action="store_true", help="JSON lines with stable keys")
+    p.set_defaults(func=run)
+
+
+def _candidates() -> list[int]:
+    pids = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if procfs.vm_pin(d.name) > 0:
+                pids.add(int(d.name))
+        except (OSError, KeyError, ValueError):
+            continue
+    pids.update(m.pid for m in rdma_res.mrs() if m.pid)
+    return sorted(pids)
+
+
+def row(pid: int) -> dict:
+    rec = reconcile(pid)
+    backing = {"4k": 0, "thp": 0, "hugetlb": 0, "other": 0}
+    for mr in rec.mrs:
+        if mr.addr is None:
+            continue
+        try:
+            rep = inspect_region(mr.addr, mr.length, pid=pid)
+        except RdmapinError:
+            continue
+        for name, pages in rep.backing_pages.items():
+            key = ("4k" if name == "4k" else "thp" if name.startswith("thp")
+                   else "hugetlb" if name.startswith("hugetlb") else "other")
+            backing[key] += pages * 4096
+    return {"pid": pid, "comm": rec.comm, "vm_pin": rec.vm_pin, "vm_lck": rec.vm_lck,
+            "mrs": len(rec.mrs), "mr_bytes": rec.mr_pinned, "backing": backing,
+            "agrees": rec.agrees, "findings": rec.findings}
+
+
+def run(args: argparse.Namespace) -> int:
+    pids = args.pids or _candidates()
+    out = sys.stdout
+    if not args.json:
+        out.write(" ".join(f"{h:<{w}}" if h == "COMM" else f"{h:>{w}}" for h, w in COLS)
+                  .rstrip() + "\n")
+    status = 0
+    for pid in pids:
+        try:
+            r = row(pid)
+        except RdmapinError as e:
+            print(f"rdmapin: error: pid {pid}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            out.write(json.dumps(r, sort_keys=True) + "\n")
+            continue
+        b = r["backing"]
+        vals = (r["pid"], r["comm"][:15], human(r["vm_pin"]), human(r["vm_lck"]), r["mrs"],
+                human(r["mr_bytes"]), human(b["4k"]), human(b["thp"]), human(b["hugetlb"]),
+                human(b["other"]), "yes" if r["agrees"] else "NO")
+        out.write(" ".join(f"{v:<{w}}" if h == "COMM" else f"{v!s:>{w}}"
+                           for (h, w), v in zip(COLS, vals, strict=True)).rstrip() + "\n")
+    if not pids and not args.json:
+        print("rdmapin: no process has pinned memory or MRs", file=sys.stderr)
+    return status
