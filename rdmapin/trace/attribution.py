@@ -1,0 +1,123 @@
+"""Who pins a PFN: the owner map the tracer joins failed PFNs against.
+
+Owners come from the pin ledger (pins made while tracing), the in-process registry and the
+start-up inventory (pins made before). A PFN nobody is known to pin is reported as unowned,
+which is itself a finding: something other than an MR holds that page.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from rdmapin import registry
+from rdmapin.pages import pagemap
+
+
+@dataclass
+class Owner:
+    """One pinned range and who pinned it. ``lkey`` is None until the MR is known (the
+    ledger sees ib_umem_get before the MR has keys)."""
+
+    pid: int
+    comm: str
+    addr: int
+    length: int
+    source: str  # "ledger", "registry", "inventory", "pin_user_pages"
+    lkey: int | None = None
+    device: str | None = None
+    umem: int | None = None
+    pages: int = 0  # PFNs of it in the owner map
+    ident: int = field(default=0, compare=False)
+
+    def label(self) -> str:
+        what = "pin" if self.source == "pin_user_pages" else "mr"
+        key = f" lkey={self.lkey:#x}" if self.lkey is not None else ""
+        return f"{what}{key} {self.comm}[{self.pid}] {self.addr:#x}+{self.length}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("ident")
+        d["label"] = self.label()
+        return d
+
+
+class OwnerMap:
+    """PFN -> owner, with range queries (a pageblock scanned by compaction)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[int, Owner] = {}
+        self._pfn_owner: dict[int, int] = {}
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._next = 1
+
+    def add(self, owner: Owner, pfns: np.ndarray) -> Owner:
+        owner.ident = self._next
+        self._next += 1
+        pfns = np.asarray(pfns, dtype=np.uint64)
+        pfns = pfns[pfns != 0]
+        owner.pages = len(pfns)
+        self.owners[owner.ident] = owner
+        self._pfn_owner.update(dict.fromkeys(pfns.tolist(), owner.ident))
+        self._sorted = None
+        return owner
+
+    def add_range(self, owner: Owner) -> Owner:
+        """Add ``owner`` with the PFNs its process maps at [addr, addr+length) now."""
+        try:
+            pfns = pagemap.pfns(pagemap.read(owner.pid, owner.addr, owner.length))
+        except Exception:  # the process may be gone already; keep the owner, no PFNs
+            pfns = np.zeros(0, dtype=np.uint64)
+        return self.add(owner, pfns)
+
+    def remove(self, ident: int) -> None:
+        if self.owners.pop(ident, None) is None:
+            return
+        self._pfn_owner = {p: o for p, o in self._pfn_owner.items() if o != ident}
+        self._sorted = None
+
+    def lookup(self, pfn: int) -> Owner | None:
+        ident = self._pfn_owner.get(pfn)
+        return self.owners.get(ident) if ident else None
+
+    def in_range(self, start: int, end: int) -> dict[int, int]:
+        """{owner ident: pinned PFNs in [start, end)}."""
+        if self._sorted is None:
+            if self._pfn_owner:
+                keys = np.fromiter(self._pfn_owner.keys(), dtype=np.uint64,
+                                   count=len(self._pfn_owner))
+                vals = np.fromiter(self._pfn_owner.values(), dtype=np.int64,
+                                   count=len(self._pfn_owner))
+                order = np.argsort(keys)
+                self._sorted = (keys[order], vals[order])
+            else:
+                self._sorted = (np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        keys, vals = self._sorted
+        lo, hi = np.searchsorted(keys, [start, end])
+        ids, counts = np.unique(vals[lo:hi], return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist(), strict=True))
+
+    def resolve_keys(self, owner: Owner, kernel_mrs: list | None = None) -> None:
+        """Fill in lkey/device for an MR owner: this process's registry by address, another's
+        from the kernel's MR list by pid and length (first unclaimed match)."""
+        if owner.lkey is not None or owner.source == "pin_user_pages":
+            return
+        if owner.pid == os.getpid():
+            for rec in registry.live():
+                if rec.addr == owner.addr and rec.length == owner.length:
+                    owner.lkey, owner.device = rec.lkey, rec.device
+                    return
+        if kernel_mrs is None:
+            from rdmapin.pages import rdma_res
+            try:
+                kernel_mrs = rdma_res.mrs(owner.pid)
+            except Exception:  # rdma tool missing or failing: the owner stays keyless
+                return
+        claimed = {(o.device, o.lkey) for o in self.owners.values() if o.lkey is not None}
+        for m in kernel_mrs:
+            if (m.pid == owner.pid and m.length == owner.length and m.lkey is not None
+                    and (m.device, m.lkey) not in claimed):
+                owner.lkey, owner.device = m.lkey, m.device
+                return

@@ -1,0 +1,124 @@
+"""Pins made before the tracer started: which PFNs they hold and whose they are.
+
+This process's MRs come from rdmapin.registry (exact addresses). Other processes' MRs come
+from the kernel's RDMA resource tracking, which gives pid, comm, length and keys but no
+address on 6.1; their ranges are found by reading the process's pagemap and the pin counts
+of the pages behind it (rdmapin.trace.kcore), then matched to the MRs by length.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rdmapin import registry
+from rdmapin.pages import kpageflags, pagemap, rdma_res
+from rdmapin.trace import kcore
+from rdmapin.trace.attribution import Owner, OwnerMap
+
+log = logging.getLogger(__name__)
+
+PAGE = pagemap.PAGE_SIZE
+
+
+@dataclass
+class Inventory:
+    owners: list[Owner] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)  # one line per MR not placed, and why
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _vmas(pid: int) -> list[tuple[int, int]]:
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            name = parts[5] if len(parts) > 5 else ""
+            if name in ("[vsyscall]", "[vvar]", "[vdso]") or lo >= 1 << 47:
+                continue
+            out.append((lo, hi))
+    return out
+
+
+def pinned_runs(pid: int) -> list[tuple[int, int, np.ndarray]]:
+    """(addr, length, pfns) of each run of consecutive pinned virtual pages of ``pid``."""
+    runs = []
+    for lo, hi in _vmas(pid):
+        entries = pagemap.read(pid, lo, hi - lo)
+        pfns = pagemap.pfns(entries)
+        idx = np.flatnonzero(pfns)
+        if not len(idx):
+            continue
+        flags = kpageflags.read(pfns[idx])
+        compound = (flags & kpageflags.mask(kpageflags.KPF.COMPOUND_HEAD,
+                                            kpageflags.KPF.COMPOUND_TAIL)) != 0
+        pin = kcore.pinned(pfns[idx], compound)
+        pidx = idx[pin]
+        if not len(pidx):
+            continue
+        cuts = np.flatnonzero(np.diff(pidx) != 1) + 1
+        for chunk in np.split(pidx, cuts):
+            runs.append((lo + int(chunk[0]) * PAGE, len(chunk) * PAGE, pfns[chunk]))
+    return runs
+
+
+def take(owners: OwnerMap, pid: int | None = None) -> Inventory:
+    """Add every MR pinned right now (of ``pid``, or all) to ``owners``."""
+    inv = Inventory()
+    me = os.getpid()
+    if pid in (None, me):
+        for rec in registry.live():
+            o = owners.add_range(Owner(pid=me, comm=_comm(me), addr=rec.addr, length=rec.length,
+                                       source="registry", lkey=rec.lkey, device=rec.device))
+            inv.owners.append(o)
+    try:
+        kernel = rdma_res.mrs(pid)
+    except Exception as e:  # no rdma tool / netlink: say so, keep tracing
+        inv.unresolved.append(f"kernel MR list unreadable: {e}")
+        return inv
+    by_pid: dict[int, list] = {}
+    for m in kernel:
+        if m.pid is not None and m.pid != me:
+            by_pid.setdefault(m.pid, []).append(m)
+    why = kcore.unavailable() if by_pid else None
+    for mpid, mrs in sorted(by_pid.items()):
+        if why:
+            inv.unresolved += [f"{m.comm}[{mpid}] mr lkey={m.lkey} {m.length} B: address "
+                               f"unknown ({why})" for m in mrs]
+            continue
+        try:
+            runs = pinned_runs(mpid)
+        except OSError as e:
+            inv.unresolved.append(f"{mrs[0].comm}[{mpid}]: cannot read its pages ({e})")
+            continue
+        # Match MRs to pinned runs by page count, largest first; two MRs over the same
+        # pages show as one run, claimed by the first.
+        free = list(runs)
+        for m in sorted(mrs, key=lambda m: -m.length):
+            npages = -(-m.length // PAGE)
+            hit = next((r for r in free if r[1] // PAGE in (npages, npages + 1)), None)
+            if hit is None:
+                inv.unresolved.append(f"{m.comm}[{mpid}] mr lkey={m.lkey} {m.length} B: no "
+                                      "pinned range of that size")
+                continue
+            free.remove(hit)
+            o = owners.add(Owner(pid=mpid, comm=m.comm or _comm(mpid), addr=hit[0],
+                                 length=m.length, source="inventory", lkey=m.lkey,
+                                 device=m.device), hit[2])
+            inv.owners.append(o)
+        for addr, length, pfns in free:
+            o = owners.add(Owner(pid=mpid, comm=_comm(mpid), addr=addr, length=length,
+                                 source="inventory"), pfns)
+            inv.owners.append(o)
+    return inv

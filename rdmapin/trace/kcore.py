@@ -1,0 +1,127 @@
+"""Page reference counts from /proc/kcore, to find pins made before the tracer started.
+
+The kernel keeps no "pinned" page flag userspace can read (/proc/kpageflags has none); it
+decides with page_maybe_dma_pinned(): a small folio counts each FOLL_PIN as
+GUP_PIN_COUNTING_BIAS (1024) references in ``_refcount``; a large folio keeps a separate
+``_pincount``. This reads those two fields straight from the struct page array (vmemmap),
+in runs of contiguous PFNs, with offsets from BTF. Root only; kernels without
+CONFIG_PROC_KCORE cannot answer and say so.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from rdmapin.trace import btf as _btf
+from rdmapin.trace.features import _kallsyms
+
+KCORE = "/proc/kcore"
+GUP_PIN_COUNTING_BIAS = 1024  # include/linux/mm.h
+PT_LOAD = 1
+
+
+@dataclass(frozen=True)
+class _Segment:
+    vaddr: int
+    size: int
+    offset: int
+
+
+class Kcore:
+    """Random access to kernel virtual memory through /proc/kcore's ELF segments."""
+
+    def __init__(self) -> None:
+        self.fd = os.open(KCORE, os.O_RDONLY | os.O_CLOEXEC)
+        head = os.pread(self.fd, 64, 0)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            os.close(self.fd)
+            raise OSError("not a 64-bit ELF /proc/kcore")
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        table = os.pread(self.fd, phentsize * phnum, phoff)
+        segs = []
+        for i in range(phnum):
+            p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+                "<IIQQQQ", table, i * phentsize)
+            if p_type == PT_LOAD and p_filesz:
+                segs.append(_Segment(p_vaddr, p_filesz, p_offset))
+        self.segments = sorted(segs, key=lambda s: s.vaddr)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        for s in self.segments:
+            if s.vaddr <= vaddr and vaddr + size <= s.vaddr + s.size:
+                return os.pread(self.fd, size, s.offset + vaddr - s.vaddr)
+        raise OSError(f"kernel address {vaddr:#x}+{size} is not in /proc/kcore")
+
+
+def unavailable() -> str | None:
+    """None when pin counts can be read here, else why not."""
+    if not os.path.exists(KCORE):
+        return "no /proc/kcore (CONFIG_PROC_KCORE off)"
+    if not os.access(KCORE, os.R_OK):
+        return "/proc/kcore needs root"
+    b = _btf.vmlinux()
+    if b is None or b.offsetof("page", "_refcount") is None:
+        return "no BTF layout of struct page"
+    if "vmemmap_base" not in _kallsyms(("vmemmap_base",)):
+        return "vmemmap_base not in /proc/kallsyms"
+    return None
+
+
+def pinned(pfns: np.ndarray, compound: np.ndarray | None = None) -> np.ndarray:
+    """Bool per PFN: the kernel's page_maybe_dma_pinned() for that page's folio.
+
+    ``compound`` marks PFNs in large folios (kpageflags COMPOUND_HEAD/TAIL); for those the
+    head's ``_pincount`` decides, which this reads from the folio's second struct page.
+    """
+    b = _btf.vmlinux()
+    assert b is not None
+    psize = b.sizeof("page") or 64
+    ref_off = b.offsetof("page", "_refcount")
+    head_off = b.offsetof("page", "compound_head")
+    pin_off = b.offsetof("folio", "_pincount")
+    k = Kcore()
+    try:
+        base_ptr = _kallsyms(("vmemmap_base",))["vmemmap_base"]
+        vmemmap, = struct.unpack("<Q", k.read(base_ptr, 8))
+        pfns = np.asarray(pfns, dtype=np.uint64)
+        out = np.zeros(len(pfns), dtype=bool)
+        if not len(pfns):
+            return out
+        order = np.argsort(pfns, kind="stable")
+        sp = pfns[order]
+        breaks = np.flatnonzero(np.diff(sp.astype(np.int64)) != 1) + 1
+        starts = np.concatenate(([0], breaks))
+        ends = np.concatenate((breaks, [len(sp)]))
+        refs = np.zeros(len(sp), dtype=np.int32)
+        heads = np.zeros(len(sp), dtype=np.uint64)
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            raw = k.read(vmemmap + int(sp[s]) * psize, (e - s) * psize)
+            arr = np.frombuffer(raw, dtype=np.uint8).reshape(e - s, psize)
+            refs[s:e] = arr[:, ref_off:ref_off + 4].copy().view(np.int32)[:, 0]
+            if head_off is not None:
+                heads[s:e] = arr[:, head_off:head_off + 8].copy().view(np.uint64)[:, 0]
+        small = refs >= GUP_PIN_COUNTING_BIAS
+        res = small.copy()
+        if compound is not None and pin_off is not None:
+            comp = np.asarray(compound, dtype=bool)[order]
+            # compound_head: bit 0 set on tail pages, pointing at the head's struct page
+            head_ptr = np.where(heads & np.uint64(1), heads - np.uint64(1),
+                                np.uint64(vmemmap) + sp * np.uint64(psize))
+            cache: dict[int, bool] = {}
+            for i in np.flatnonzero(comp).tolist():
+                h = int(head_ptr[i])
+                if h not in cache:
+                    cache[h] = struct.unpack("<i", k.read(h + pin_off, 4))[0] > 0
+                res[i] = cache[h]
+        out[order] = res
+        return out
+    finally:
+        k.close()

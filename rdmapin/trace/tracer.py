@@ -1,0 +1,299 @@
+"""The tracer: loads the probes, drains their events on a thread, attributes each failed PFN
+to its owner, and keeps totals that agree with /proc/vmstat.
+
+    with rdmapin.trace.Tracer() as t:
+        ...                       # move pages, compact, offline memory, register MRs
+    t.totals()                    # {"pgmigrate_fail": 64, "compact_isolated": ..., ...}
+    t.events()                    # [Event(kind=FOLIO_FAIL, pfn=..., owners=[Owner(...)])]
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rdmapin import registry
+from rdmapin.trace import features as _features
+from rdmapin.trace import inventory as _inventory
+from rdmapin.trace import loader
+from rdmapin.trace.attribution import Owner, OwnerMap
+from rdmapin.trace.events import COUNTERS, Event, Kind
+from rdmapin.trace.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+POLL_MS = 50
+PERF_PAGES = 1024
+
+
+def _errname(rc: int) -> str:
+    return errno.errorcode.get(-rc, str(rc)) if rc < 0 else ""
+
+
+class Tracer:
+    """Watch migration, compaction, isolation and pins system-wide.
+
+    ``pid`` narrows ``events()`` to what that process did or owns; totals stay system-wide
+    so they can be checked against /proc/vmstat. ``on_event`` is called on the tracer's
+    thread for each event (the CLI prints from it).
+    """
+
+    def __init__(self, pid: int | None = None, *, inventory: bool = True,
+                 ringbuf: bool | None = None, keep_events: int = 1_000_000,
+                 on_event: Callable[[Event], None] | None = None,
+                 free_scans: bool = False) -> None:
+        self.pid = pid
+        self.want_inventory = inventory
+        self.want_ringbuf = ringbuf
+        self.keep = keep_events
+        self.on_event = on_event
+        self.free_scans = free_scans
+        self.features: _features.Features | None = None
+        self.program: loader.Program | None = None
+        self.owners = OwnerMap()
+        self.ledger = Ledger(self.owners)
+        self.inventory: _inventory.Inventory | None = None
+        self._events: collections.deque[Event] = collections.deque(maxlen=keep_events)
+        self.events_dropped = 0  # beyond keep_events (kept in the summaries, not the list)
+        self._perf_lost = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0_ns = 0
+        self._tid_owners: dict[int, dict[int, Owner]] = {}
+        self._registry_seen: set[tuple[str, int]] = set()
+        self._reasons: dict[int, str] = {}
+        self._status: dict[int, str] = {}
+        self._collapse: dict[int, str] = {}
+        self._table: Any = None
+        self.started = 0.0
+
+    # lifecycle -------------------------------------------------------------------------
+    def start(self) -> Tracer:
+        self.features = _features.probe()
+        self._reasons = self.features.migrate_reasons
+        self._status = self.features.compaction_status
+        self._collapse = self.features.collapse_status
+        extra = {"RP_EMIT_FREE_SCANS": None} if self.free_scans else None
+        self.program = loader.load(self.features, ringbuf=self.want_ringbuf, extra=extra)
+        self._t0_ns = time.monotonic_ns()
+        self.started = time.time()
+        b = self.program.bpf
+        self._table = b["rp_events"]
+        if self.program.ringbuf:
+            self._table.open_ring_buffer(self._on_raw)
+        else:
+            self._table.open_perf_buffer(self._on_raw, page_cnt=PERF_PAGES,
+                                         lost_cb=self._on_lost)
+        if self.want_inventory:
+            with self._lock:
+                self.inventory = _inventory.take(self.owners)
+                self._registry_seen = {(o.device, o.lkey) for o in self.owners.owners.values()
+                                       if o.source == "registry"}
+        self._thread = threading.Thread(target=self._run, name="rdmapin-trace", daemon=True)
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> Tracer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Drain what is buffered, detach, and keep totals/events readable."""
+        if self.program is None:
+            return
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+            self._thread = None
+        self._final_totals = self._read_totals()
+        self._final_hists = self._read_hists()
+        self.program.close()
+        self.program = None
+
+    @property
+    def unavailable(self) -> str | None:
+        return self.features.unavailable_line() if self.features else None
+
+    # draining ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll(POLL_MS)
+        self.poll(0)
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        """Read what the kernel has buffered (the thread does this; callers may too)."""
+        if self.program is None:
+            return
+        with self._lock:
+            b = self.program.bpf
+            if self.program.ringbuf:
+                b.ring_buffer_poll(timeout_ms) if timeout_ms else b.ring_buffer_consume()
+            else:
+                b.perf_buffer_poll(timeout_ms)
+
+    def _on_lost(self, lost: int) -> None:
+        self._perf_lost += lost
+
+    def _on_raw(self, _ctx: Any, data: Any, _size: int) -> None:
+        raw = self._table.event(data)
+        ev = self._decode(raw)
+        if ev is None:
+            return
+        if len(self._events) == self._events.maxlen:
+            self.events_dropped += 1
+        self._events.append(ev)
+        if self.on_event is not None and self._wanted(ev):
+            self.on_event(ev)
+
+    # decoding and attribution ----------------------------------------------------------------
+    def _lookup(self, pfn: int) -> Owner | None:
+        o = self.owners.lookup(pfn)
+        if o is None and self._refresh_registry():
+            o = self.owners.lookup(pfn)
+        return o
+
+    def _refresh_registry(self) -> bool:
+        """MRs this process registered since start, when no ledger (kprobes) saw them."""
+        if self.features is not None and self.features.has("umem"):
+            return False
+        live = registry.live()
+        new = [r for r in live if (r.device, r.lkey) not in self._registry_seen]
+        for r in new:
+            self._registry_seen.add((r.device, r.lkey))
+            self.owners.add_range(Owner(pid=os.getpid(), comm=_inventory._comm(os.getpid()),
+                                        addr=r.addr, length=r.length, source="registry",
+                                        lkey=r.lkey, device=r.device))
+        return bool(new)
+
+    def _decode(self, r: Any) -> Event | None:
+        kind = Kind(r.kind)
+        ev = Event(ts=(r.ts_ns - self._t0_ns) / 1e9, kind=kind, pid=r.pid, tid=r.tid,
+                   comm=r.comm.decode(errors="replace"), reason="")
+        if kind in (Kind.MIGRATE, Kind.FOLIO_FAIL) and r.reason >= 0:
+            ev.reason = self._reasons.get(r.reason, str(r.reason))
+        if kind == Kind.MIGRATE:
+            ev.detail = {"succeeded": r.a, "failed": r.b, "thp_succeeded": r.c,
+                         "thp_failed": r.d, "thp_split": r.e, "mode": r.mode,
+                         "latency_us": r.f / 1000 if r.f else None}
+            seen = self._tid_owners.pop(r.tid, {})
+            pending = self.ledger.registering(r.tid)
+            if pending is not None and ev.reason == "longterm_pin":
+                seen.setdefault(-1, pending)
+            ev.owners = list(seen.values())
+        elif kind == Kind.FOLIO_FAIL:
+            ev.pfn = r.a
+            ev.detail = {"order": r.b, "refcount": r.c, "mapcount": r.d, "pincount": r.e,
+                         "errno": _errname(r.ret)}
+            o = self._lookup(r.a) or self.ledger.registering(r.tid)
+            if o is not None:
+                ev.owners = [o]
+                self._tid_owners.setdefault(r.tid, {})[o.ident] = o
+        elif kind in (Kind.COMPACT_BEGIN, Kind.COMPACT_END):
+            ev.pfn, ev.pfn_end = r.a, r.d
+            ev.detail = {"migrate_pfn": r.b, "free_pfn": r.c, "sync": bool(r.e)}
+            if kind == Kind.COMPACT_END:
+                ev.reason = self._status.get(r.ret, str(r.ret))
+                ev.detail["latency_us"] = r.f / 1000 if r.f else None
+        elif kind in (Kind.ISOLATE_MIGRATE, Kind.ISOLATE_FREE):
+            ev.pfn, ev.pfn_end = r.a, r.b
+            ev.detail = {"scanned": r.c, "taken": r.d}
+            if kind == Kind.ISOLATE_MIGRATE:
+                hits = self.owners.in_range(r.a, r.b)
+                ev.owners = [self.owners.owners[i] for i in hits]
+                ev.detail["pinned"] = sum(hits.values())
+        elif kind == Kind.COMPACT_MIGRATE:
+            ev.detail = {"migrated": r.a, "failed": r.b}
+        elif kind == Kind.COMPACT_FINISHED:
+            ev.reason = self._status.get(r.ret, str(r.ret))
+            ev.detail = {"nid": r.a, "zone": r.b, "order": r.c}
+        elif kind == Kind.COMPACT_DEFERRED:
+            ev.detail = {"nid": r.a, "zone": r.b, "order": r.c, "considered": r.d,
+                         "defer_shift": r.e}
+        elif kind == Kind.ISOLATION_TEST:
+            busy = r.c < r.b
+            ev.pfn, ev.pfn_end = r.a, r.b
+            ev.reason = "busy" if busy else "isolated"
+            ev.detail = {"fin_pfn": r.c, "busy": busy}
+            if busy:
+                o = self._lookup(r.c)
+                if o is not None:
+                    ev.owners = [o]
+                else:
+                    hits = self.owners.in_range(r.c, r.b)
+                    ev.owners = [self.owners.owners[i] for i in hits]
+        elif kind == Kind.COLLAPSE:
+            ev.reason = self._collapse.get(r.ret, str(r.ret))
+            ev.detail = {"isolated": r.b}
+        elif kind == Kind.UMEM_BEGIN:
+            ev.pfn = None
+            ev.detail = {"addr": r.a, "length": r.b, "access": r.d}
+            ev.owners = [self.ledger.begin(r.tid, r.pid, ev.comm, r.a, r.b, r.ts_ns)]
+        elif kind == Kind.UMEM_GET:
+            ev.reason = _errname(r.ret)
+            ev.detail = {"addr": r.a, "length": r.b, "access": r.d, "umem": r.c}
+            o = self.ledger.got(r.tid, r.pid, ev.comm, r.a, r.b, r.c, r.ret)
+            ev.owners = [o] if o else []
+        elif kind == Kind.UMEM_RELEASE:
+            ev.detail = {"umem": r.c}
+            o = self.ledger.release(r.c)
+            ev.owners = [o] if o else []
+        elif kind == Kind.PIN_LONGTERM:
+            ev.detail = {"addr": r.a, "nr_pages": r.b, "gup_flags": r.d}
+            ev.owners = [self.ledger.pinned(r.pid, ev.comm, r.a, r.b, PAGE)]
+        return ev
+
+    def _wanted(self, ev: Event) -> bool:
+        return self.pid is None or ev.pid == self.pid or any(o.pid == self.pid for o in ev.owners)
+
+    # results -----------------------------------------------------------------------------
+    def events(self, kind: Kind | None = None) -> list[Event]:
+        """Events so far (for ``pid``, if given), oldest first."""
+        self.poll(0)
+        with self._lock:
+            evs = [e for e in self._events if self._wanted(e)]
+        if kind is not None:
+            evs = [e for e in evs if e.kind == kind]
+        for e in evs:
+            for o in e.owners:
+                self.owners.resolve_keys(o)
+        return evs
+
+    def _read_totals(self) -> dict[str, int]:
+        t = self.program.bpf["rp_totals"]
+        out = {name: int(t.sum(t.Key(i)).value) for i, name in enumerate(COUNTERS)}
+        out["lost_events"] += self._perf_lost
+        return out
+
+    def totals(self) -> dict[str, int]:
+        """Counts since start; the vmstat-named ones equal /proc/vmstat deltas."""
+        if self.program is None:
+            return dict(getattr(self, "_final_totals", {}))
+        return self._read_totals()
+
+    def _read_hists(self) -> dict[str, dict[int, int]]:
+        out = {}
+        b = self.program.bpf
+        for name, table in (("migrate_latency_us", "rp_migrate_lat_us"),
+                            ("compaction_latency_us", "rp_compact_lat_us")):
+            try:
+                t = b[table]
+            except KeyError:
+                continue
+            out[name] = {int(k.value): int(v.value) for k, v in t.items() if v.value}
+        return out
+
+    def histograms(self) -> dict[str, dict[int, int]]:
+        """log2 buckets (bucket b holds [2^(b-1), 2^b) us) of migration and compaction time."""
+        if self.program is None:
+            return dict(getattr(self, "_final_hists", {}))
+        return self._read_hists()
