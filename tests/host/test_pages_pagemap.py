@@ -1,0 +1,67 @@
+"""pagemap and kpageflags readers against the kernel's files, read the plain way."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from pagebufs import MADV_NOHUGEPAGE, PAGE, Buffer
+
+from rdmapin.errors import RdmapinError, RdmapinOSError
+from rdmapin.pages import kpageflags as kpf
+from rdmapin.pages import pagemap
+from rdmapin.pages.kpageflags import KPF
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="PFNs and page flags need root")
+
+
+def _plain_entry(path: str, index: int) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return int.from_bytes(os.pread(fd, 8, index * 8), "little")
+    finally:
+        os.close(fd)
+
+
+def test_touched_pages_present_untouched_not():
+    with Buffer(64 * PAGE, advice=MADV_NOHUGEPAGE) as buf:
+        buf.view[: 32 * PAGE: PAGE] = 1
+        e = pagemap.read("self", buf.addr, buf.length)
+        assert len(e) == 64
+        assert pagemap.present(e).tolist() == [True] * 32 + [False] * 32
+        assert pagemap.exclusive(e)[:32].all()
+        assert not pagemap.file_or_shared(e).any()
+        assert not pagemap.swapped(e).any()
+        p = pagemap.pfns(e)
+        assert (p[:32] > 0).all() and (p[32:] == 0).all()
+        for i in range(64):  # the reference: one plain 8-byte read per page
+            assert int(e[i]) == _plain_entry("/proc/self/pagemap", buf.addr // PAGE + i)
+
+
+def test_kpageflags_match_plain_reads_and_order():
+    with Buffer(256 * PAGE, advice=MADV_NOHUGEPAGE) as buf:
+        buf.touch()
+        p = pagemap.pfns(pagemap.read(os.getpid(), buf.addr, buf.length))
+        shuffled = np.random.default_rng(1).permutation(np.concatenate([p, p[:10]]))
+        flags = kpf.read(shuffled)
+        for pfn, f in zip(shuffled.tolist(), flags.tolist(), strict=True):
+            assert f == _plain_entry("/proc/kpageflags", pfn)
+        own = kpf.read(p)
+        assert kpf.bit(own, KPF.ANON).all()
+        assert not kpf.bit(own, KPF.THP).any()
+        assert "ANON" in kpf.names(int(own[0]))
+
+
+def test_unaligned_range_covers_partial_pages():
+    with Buffer(4 * PAGE) as buf:
+        buf.touch()
+        assert len(pagemap.read("self", buf.addr + 100, PAGE)) == 2
+        assert len(pagemap.read("self", buf.addr, PAGE)) == 1
+
+
+def test_bad_flow_range_and_pid():
+    with pytest.raises(RdmapinError, match="length must be > 0"):
+        pagemap.read("self", 0x1000, 0)
+    with pytest.raises(RdmapinOSError, match="pagemap"):
+        pagemap.read(2**22 + 12345, 0x1000, 4096)
