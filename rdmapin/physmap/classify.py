@@ -1,0 +1,117 @@
+"""Every PFN's kpageflags entry turned into one class, and pageblocks into their worst.
+
+Classes, from harmless to harmful for forming a 2 MiB page out of a pageblock:
+
+- hole: not RAM (outside "System RAM", KPF_NOPAGE, KPF_OFFLINE) or outside every zone;
+- free: on the buddy free lists (KPF_BUDDY is set on head *and* tail pages of a free
+  block, fs/proc/page.c);
+- movable: user memory compaction can migrate (LRU, anon, THP, mapped);
+- hugetlb: already part of a hugetlb page;
+- noflags: allocated without any page flag (raw kernel allocations, per-CPU free lists,
+  memmap not yet initialised by deferred init): compaction cannot move it;
+- unmovable: slab, page tables, reserved and other kernel pages;
+- pinned: held by a registered MR (no kpageflags bit says "pinned", so these come from
+  the MR inventory, see ``pins``).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from rdmapin.errors import RdmapinOSError
+from rdmapin.pages.kpageflags import KPF, PATH, mask
+
+
+class PageClass(enum.IntEnum):
+    """Ordered: a pageblock takes the highest class of its pages."""
+
+    HOLE = 0
+    FREE = 1
+    MOVABLE = 2
+    HUGETLB = 3
+    NOFLAGS = 4
+    UNMOVABLE = 5
+    PINNED = 6
+
+
+NCLASS = len(PageClass)
+CHUNK_PFNS = 1 << 20  # 8 MiB of kpageflags per read: a progress tick per 4 GiB of RAM
+
+_HOLE = mask(KPF.NOPAGE, KPF.OFFLINE)
+_MOVABLE = mask(KPF.LRU, KPF.ANON, KPF.THP, KPF.MMAP)
+_KERNEL = mask(KPF.SLAB, KPF.PGTABLE, KPF.RESERVED)
+
+
+def read_all(end_pfn: int, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """kpageflags of PFNs [0, end_pfn) in one sequential pass (8 MiB reads).
+
+    The kernel fills entries past max_pfn with nothing: the read stops short and the rest
+    stays KPF_NOPAGE.
+    """
+    out = np.full(end_pfn, np.uint64(1 << KPF.NOPAGE), dtype=np.uint64)
+    view = memoryview(out).cast("B")
+    try:
+        fd = os.open(PATH, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise RdmapinOSError(e.errno or 13, f"open {PATH}",
+                             hint="the physical map needs root (kpageflags is mode 0400)") from e
+    try:
+        pos, total = 0, end_pfn * 8
+        while pos < total:
+            n = os.preadv(fd, [view[pos:min(pos + CHUNK_PFNS * 8, total)]], pos)
+            if n <= 0:
+                break
+            pos += n
+            if progress:
+                progress(pos // 8, end_pfn)
+    finally:
+        os.close(fd)
+    return out
+
+
+def page_classes(flags: np.ndarray, ram: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+    """One PageClass (uint8) per PFN; PFN i is flags[i]. ``ram``: [first, end) PFN ranges
+    of System RAM (empty: trust kpageflags alone)."""
+    cls = np.full(len(flags), PageClass.UNMOVABLE, dtype=np.uint8)
+    cls[flags == 0] = PageClass.NOFLAGS
+    movable = ((flags & _MOVABLE) != 0) & ((flags & _KERNEL) == 0)
+    cls[movable] = PageClass.MOVABLE
+    cls[(flags & np.uint64(1 << KPF.HUGE)) != 0] = PageClass.HUGETLB
+    cls[(flags & np.uint64(1 << KPF.BUDDY)) != 0] = PageClass.FREE
+    cls[(flags & _HOLE) != 0] = PageClass.HOLE
+    if ram:
+        inside = np.zeros(len(flags), dtype=bool)
+        for first, end in ram:
+            inside[first:end] = True
+        cls[~inside] = PageClass.HOLE
+    return cls
+
+
+def mark_pinned(cls: np.ndarray, pfns: np.ndarray) -> int:
+    """Set PINNED on ``pfns`` (those inside the map); returns how many distinct PFNs."""
+    pfns = np.unique(np.asarray(pfns, dtype=np.int64))
+    pfns = pfns[(pfns > 0) & (pfns < len(cls))]
+    cls[pfns] = PageClass.PINNED
+    return len(pfns)
+
+
+def block_counts(cls: np.ndarray, order: int) -> np.ndarray:
+    """(pageblocks, NCLASS) page counts; a partial last block is padded with holes."""
+    per = 1 << order
+    nblocks = -(-len(cls) // per)
+    padded = np.full(nblocks * per, PageClass.HOLE, dtype=np.uint8)
+    padded[:len(cls)] = cls
+    rows = np.repeat(np.arange(nblocks, dtype=np.int64), per)
+    return np.bincount(rows * NCLASS + padded, minlength=nblocks * NCLASS
+                       ).reshape(nblocks, NCLASS).astype(np.int32)
+
+
+def block_class(counts: np.ndarray) -> np.ndarray:
+    """Worst class present in each pageblock (HOLE only when the block is all hole)."""
+    present = counts > 0
+    # Index of the last True along the class axis = highest class present.
+    return (NCLASS - 1 - np.argmax(present[:, ::-1], axis=1)).astype(np.uint8)
