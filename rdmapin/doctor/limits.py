@@ -128,27 +128,26 @@ def kernel_copy_on_fork() -> bool | None:
 
 
 def libibverbs_fork_status() -> str | None:
-    """ibv_is_fork_initialized(): IBV_FORK_UNNEEDED when the kernel reports copy-on-fork."""
+    """ibv_is_fork_initialized() through rdmapin's verbs binding: 'unneeded' when the
+    kernel reports copy-on-fork, else 'disabled' or 'enabled'; None without libibverbs."""
     try:
-        from pyverbs.fork import is_fork_initialized
+        from rdmapin.device import fork_status
     except ImportError:
         return None
-    names = {0: "IBV_FORK_DISABLED", 1: "IBV_FORK_ENABLED", 2: "IBV_FORK_UNNEEDED"}
-    status = is_fork_initialized()
-    return names.get(int(status), str(status))
+    return fork_status()
 
 
 def fork() -> Iterator[Check]:
     kernel = kernel_copy_on_fork()
     ibv = libibverbs_fork_status()
     data = {"kernel_copy_on_fork": kernel, "ibv_fork_status": ibv}
-    if kernel or ibv == "IBV_FORK_UNNEEDED":
-        yield Check("fork", Status.PASS, f"kernel copies pinned pages at fork "
-                    f"({ibv or 'copy-on-fork on'}): no ibv_fork_init needed", data=data)
+    if kernel or ibv == "unneeded":
+        yield Check("fork", Status.PASS, "kernel copies pinned pages at fork (copy-on-fork "
+                    "on): no ibv_fork_init needed", data=data)
         return
     said = ("kernel says copy-on-fork off" if kernel is False
             else "kernel does not report copy-on-fork (no RDMA netlink)")
-    yield Check("fork", Status.WARN, f"{said}; libibverbs: {ibv or 'not importable'}",
+    yield Check("fork", Status.WARN, f"{said}; ibv_is_fork_initialized: {ibv or '?'}",
                 fix="a process that forks with live MRs must call ibv_fork_init() "
                     "(or set RDMAV_FORK_SAFE=1) before registering: MRs then get "
                     "MADV_DONTFORK; kernels that report copy-on-fork need neither",

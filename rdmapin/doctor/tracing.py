@@ -1,4 +1,6 @@
-"""Can rdmapin's tracer run here: BTF, kprobes, the tracepoints it uses, bcc, headers."""
+"""Can rdmapin's tracer run here: BTF, kprobes, the tracepoints and kernel functions it
+attaches to, bcc, and headers for bcc. The tracer's own feature probe
+(rdmapin.trace.features) is the authority, so doctor and `rdmapin trace` never disagree."""
 
 from __future__ import annotations
 
@@ -7,27 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rdmapin.doctor import Check, Status, kconfig
-
-TRACEFS_MOUNTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-# The events rdmapin's tracer attaches to: compaction passes, migrations and their
-# failures, range isolation (memory offline, alloc_contig_range) and THP collapse.
-TRACEPOINTS = (
-    "compaction/mm_compaction_begin",
-    "compaction/mm_compaction_end",
-    "compaction/mm_compaction_isolate_migratepages",
-    "compaction/mm_compaction_migratepages",
-    "migrate/mm_migrate_pages",
-    "migrate/mm_migrate_pages_start",
-    "page_isolation/test_pages_isolated",
-    "huge_memory/mm_collapse_huge_page",
-)
-
-
-def tracefs() -> Path | None:
-    for p in TRACEFS_MOUNTS:
-        if (p / "events").is_dir():
-            return p
-    return None
+from rdmapin.trace import features as _features
 
 
 def readiness() -> Iterator[Check]:
@@ -37,36 +19,50 @@ def readiness() -> Iterator[Check]:
                     data={"path": str(btf)})
     else:
         yield Check("btf", Status.WARN, "no /sys/kernel/btf/vmlinux", data={"path": None},
-                    fix="a kernel with CONFIG_DEBUG_INFO_BTF (bcc then needs full headers)")
+                    fix="a kernel with CONFIG_DEBUG_INFO_BTF (struct page offsets for the "
+                        "pin inventory come from it)")
 
-    tfs = tracefs()
+    feat = _features.probe()
+    tfs = feat.tracefs
     if tfs is None:
         yield Check("tracefs", Status.FAIL, "tracefs not mounted", data={},
-                    fix="mount -t tracefs nodev /sys/kernel/tracing")
-    kprobes = tfs is not None and (tfs / "kprobe_events").exists()
-    if kprobes:
+                    fix="mount -t tracefs tracefs /sys/kernel/tracing")
+        return
+
+    if (tfs / "kprobe_events").exists():
         yield Check("kprobes", Status.PASS, f"{tfs}/kprobe_events", data={"kprobes": True})
     else:
         why = ("kernel built without CONFIG_KPROBES"
                if kconfig.value("CONFIG_KPROBES") == "n" else "no kprobe_events in tracefs")
-        yield Check("kprobes", Status.WARN, f"{why}: no ib_umem_get/migration kprobes",
+        yield Check("kprobes", Status.WARN, f"{why}: no pin/unpin or per-folio probes",
                     data={"kprobes": False},
-                    fix="tracepoint-only tracing works; for pin/unpin and per-folio "
-                        "migration failures run in the VM: ci/vm/run -- rdmapin trace")
+                    fix="tracepoint-only tracing works here; for pin/unpin and per-folio "
+                        "migration failures trace in the VM: ci/vm/run -- rdmapin trace")
 
-    if tfs is not None:
-        missing = [t for t in TRACEPOINTS if not (tfs / "events" / t).is_dir()]
-        data = {"wanted": list(TRACEPOINTS), "missing": missing}
-        if missing:
-            yield Check("tracepoints", Status.WARN,
-                        f"{len(TRACEPOINTS) - len(missing)}/{len(TRACEPOINTS)} present; "
-                        f"missing {', '.join(m.split('/')[1] for m in missing)}",
-                        data=data, fix="a kernel with CONFIG_COMPACTION, CONFIG_MIGRATION and "
-                                       "CONFIG_TRANSPARENT_HUGEPAGE")
-        else:
-            yield Check("tracepoints", Status.PASS,
-                        f"all {len(TRACEPOINTS)} (compaction, migrate, page_isolation, "
-                        "huge_memory)", data=data)
+    tps = {name: tp for name, tp, _define, _fields in _features.TRACEPOINTS}
+    tp_missing = {n: feat.missing[n] for n in tps if n in feat.missing}
+    data = {"wanted": sorted(tps.values()), "missing": tp_missing}
+    if tp_missing and not all("headers" in why for why in tp_missing.values()):
+        yield Check("tracepoints", Status.WARN,
+                    f"{len(tps) - len(tp_missing)}/{len(tps)} usable; missing "
+                    + ", ".join(tp_missing), data=data,
+                    fix="; ".join(f"{n}: {why}" for n, why in tp_missing.items()))
+    else:
+        yield Check("tracepoints", Status.PASS, f"all {len(tps)} present (compaction, "
+                    "migrate, page_isolation, huge_memory)", data=data)
+
+    fns = {name: func for name, func, _define, _progs in _features.KPROBES}
+    fn_missing = {n: feat.missing[n] for n in fns if n in feat.missing}
+    data = {"wanted": sorted(set(fns.values())), "missing": fn_missing}
+    if fn_missing and (tfs / "kprobe_events").exists():
+        yield Check("kprobe fns", Status.WARN,
+                    f"{len(fns) - len(fn_missing)}/{len(fns)} attachable; missing "
+                    + ", ".join(sorted({fns[n] for n in fn_missing})), data=data,
+                    fix="; ".join(sorted(set(fn_missing.values())))
+                        + " (ib_umem_* need ib_core loaded: modprobe ib_uverbs)")
+    elif not fn_missing:
+        yield Check("kprobe fns", Status.PASS,
+                    ", ".join(sorted(set(fns.values()))), data=data)
 
     try:
         import bcc
@@ -74,22 +70,20 @@ def readiness() -> Iterator[Check]:
         yield Check("bcc", Status.PASS, f"bcc {version} importable", data={"version": version})
     except ImportError as e:
         yield Check("bcc", Status.FAIL, f"bcc not importable: {e}", data={"version": None},
-                    fix="apt-get install python3-bpfcc (and make the venv see system "
+                    fix="apt-get install python3-bpfcc (and let the venv see system "
                         "site-packages)")
 
     release = os.uname().release
-    build = Path(f"/lib/modules/{release}/build")
-    env = os.environ.get("BCC_KERNEL_SOURCE")
-    kheaders = Path("/sys/kernel/kheaders.tar.xz")
-    if (build / "include" / "generated" / "autoconf.h").exists():
-        yield Check("headers", Status.PASS, str(build), data={"path": str(build)})
-    elif env:
-        yield Check("headers", Status.PASS, f"BCC_KERNEL_SOURCE={env}", data={"path": env})
-    elif kheaders.exists():
-        yield Check("headers", Status.PASS, f"{kheaders} (CONFIG_IKHEADERS)",
-                    data={"path": str(kheaders)})
+    data = {"headers": feat.headers, "env": feat.header_env}
+    if feat.headers in ("running", "kheaders"):
+        where = (f"/lib/modules/{release}/build" if feat.headers == "running"
+                 else "/sys/kernel/kheaders.tar.xz")
+        yield Check("headers", Status.PASS, where, data=data)
+    elif feat.headers.startswith("stand-in"):
+        yield Check("headers", Status.WARN, f"none for {release}; {feat.headers} "
+                    "(tracepoints only)", data=data,
+                    fix=f"apt-get install linux-headers-{release}, or modprobe kheaders")
     else:
-        yield Check("headers", Status.FAIL, f"no kernel headers for {release}",
-                    data={"path": None},
+        yield Check("headers", Status.FAIL, f"no kernel headers for {release}", data=data,
                     fix=f"apt-get install linux-headers-{release}, or modprobe kheaders; "
                         "or trace in the VM: ci/vm/run -- rdmapin trace")

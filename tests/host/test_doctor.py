@@ -158,13 +158,27 @@ def test_map_count_is_this_process():
     assert c.data["maps"] > 0
 
 
-def test_tracepoints_check_agrees_with_tracefs():
+def test_tracing_checks_agree_with_tracefs_and_the_tracer():
+    from rdmapin.trace import features
+
     by_name = {c.name: c for c in doctor.run_checks(["tracing"])}
-    tfs = Path("/sys/kernel/tracing")
-    if "tracepoints" in by_name:
-        for t in by_name["tracepoints"].data["missing"]:
-            assert not (tfs / "events" / t).exists()
+    tfs = features.tracefs()
+    tp = by_name["tracepoints"]
+    assert tp.data["wanted"] == sorted(t for _, t, _, _ in features.TRACEPOINTS)
+    for name, cat_ev, _, _ in features.TRACEPOINTS:
+        cat, ev = cat_ev.split(":")
+        if not (tfs / "events" / cat / ev).is_dir():
+            assert name in tp.data["missing"]
     assert by_name["kprobes"].data["kprobes"] == (tfs / "kprobe_events").exists()
     headers = Path(f"/lib/modules/{os.uname().release}/build/include/generated/autoconf.h")
-    if headers.exists():
-        assert by_name["headers"].status is doctor.Status.PASS
+    assert (by_name["headers"].status is doctor.Status.PASS) == (
+        headers.exists() or Path("/sys/kernel/kheaders.tar.xz").exists())
+
+
+def test_fork_check_uses_the_kernels_answer():
+    [c] = list(limits.fork())
+    from rdmapin.device import fork_status
+
+    assert c.data["ibv_fork_status"] == fork_status()
+    unneeded = c.data["kernel_copy_on_fork"] or fork_status() == "unneeded"
+    assert (c.status is doctor.Status.PASS) == bool(unneeded)
