@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rdmapin.pd import ProtectionDomain
 
 log = logging.getLogger(__name__)
+_object_new = object.__new__
 
 # ibv_rereg_mr_flags
 REREG_CHANGE_TRANSLATION = 1 << 0
@@ -28,9 +29,6 @@ REREG_CHANGE_ACCESS = 1 << 2
 
 _dereg = _lib.dereg_mr
 _release = _lib.release
-_add = registry.add
-_remove = registry.remove
-_Record = registry.MrRecord
 _ref = weakref.ref
 
 
@@ -40,22 +38,24 @@ class MemoryRegion:
     Made by ``ProtectionDomain.register``; close it (or use ``with``) to unpin.
     """
 
-    __slots__ = ("__weakref__", "_access", "_buf", "_m", "_obj", "_pd", "addr", "handle",
-                 "length", "lkey", "rkey")
+    __slots__ = ("__weakref__", "_access", "_buf", "_m", "_pd", "addr", "handle", "length",
+                 "lkey", "rkey")
 
-    def __init__(self, pd: ProtectionDomain, m: Any, buf: Any, access: int, obj: Any) -> None:
+    @classmethod
+    def _new(cls, pd: ProtectionDomain, m: Any, buf: Any, access: int) -> MemoryRegion:
+        """Wrap a fresh rdmapin_mr; the PD's weak table doubles as the registry's source."""
+        self = _object_new(cls)
         self._pd = pd
         self._m = m
         self._buf = buf
-        self._obj = obj
         self._access = access
-        self.addr = addr = m.addr
-        self.length = length = m.length
+        self.addr = m.addr
+        self.length = m.length
+        self.rkey = m.rkey
+        self.handle = m.handle
         self.lkey = lkey = m.lkey
-        self.rkey = rkey = m.rkey
-        self.handle = handle = m.handle
         pd._mrs[lkey] = _ref(self)
-        _add(_Record(pd._device, addr, length, lkey, rkey, access, handle))
+        return self
 
     # -- lifetime ---------------------------------------------------------------------
     def close(self) -> None:
@@ -65,18 +65,15 @@ class MemoryRegion:
         # deregisters, the other returns. A PD closing its children goes through here too.
         if pd is None or pd._mrs.pop(self.lkey, None) is None:
             return
-        m = self._m
-        rc = _dereg(m)
+        rc = _dereg(self._m)
         if rc:
             pd._mrs[self.lkey] = _ref(self)
             raise RegistrationError(-rc, f"ibv_dereg_mr(lkey {self.lkey:#x})")
-        self._m = None
-        self._pd = None
-        _remove(pd._device, self.lkey)
-        if self._buf is not None:
-            _release(self._buf)
+        self._m = self._pd = None
+        buf = self._buf
+        if buf is not None:
             self._buf = None
-        self._obj = None
+            _release(buf)
 
     def __enter__(self) -> MemoryRegion:
         return self
@@ -86,12 +83,17 @@ class MemoryRegion:
 
     def __del__(self) -> None:
         # A finalizer never raises: log and move on (the kernel frees the pin at exit).
-        if getattr(self, "_m", None) is None:
+        if self._m is None:
             return
         try:
             self.close()
         except Exception as e:  # a finalizer never raises
             log.warning("closing MR lkey %#x in finalizer failed: %s", self.lkey, e)
+
+    def record(self) -> registry.MrRecord:
+        """This MR as the registry's plain record."""
+        return registry.MrRecord(self._pd._device if self._pd else "", self.addr,
+                                 self.length, self.lkey, self.rkey, self._access, self.handle)
 
     @property
     def closed(self) -> bool:
@@ -115,12 +117,6 @@ class MemoryRegion:
     @property
     def device(self) -> str:
         return self.pd._device
-
-    @property
-    def buffer(self) -> Any:
-        """The object registered (None for an (address, length) registration)."""
-        self._live()
-        return self._obj
 
     def pages(self) -> Any:
         """What the kernel holds for this range now (rdmapin.pages.inspect)."""
@@ -153,14 +149,12 @@ class MemoryRegion:
                                          f"code {code})")
         old = self._pd
         old._mrs.pop(self.lkey, None)  # type: ignore[union-attr]
-        _remove(old._device, self.lkey)  # type: ignore[union-attr]
         if pd is not None:
             self._pd = pd
         self._access = new_access
         self.lkey, self.rkey = m.lkey, m.rkey
+        self.addr, self.length = m.addr, m.length
         self._pd._mrs[self.lkey] = _ref(self)  # type: ignore[union-attr]
-        _add(_Record(self._pd._device, self.addr, self.length, self.lkey, self.rkey,  # type: ignore[union-attr]
-                     new_access, self.handle))
 
     def advise(self, advice: int = 0, flags: int = 1, offset: int = 0,
                length: int | None = None) -> None:

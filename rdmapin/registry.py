@@ -8,6 +8,7 @@ keep an MR alive or import the verbs layer.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -26,6 +27,14 @@ class MrRecord:
 
 _lock = threading.Lock()
 _live: dict[tuple[str, int], MrRecord] = {}
+# Callables yielding the MrRecords of MRs their owner tracks anyway (rdmapin.pd's weak
+# per-PD tables): read only when live() is asked, so registering an MR costs nothing here.
+_sources: list[Callable[[], Iterable[MrRecord]]] = []
+
+
+def add_source(source: Callable[[], Iterable[MrRecord]]) -> None:
+    with _lock:
+        _sources.append(source)
 
 
 def add(rec: MrRecord) -> None:
@@ -41,4 +50,8 @@ def remove(device: str, lkey: int) -> None:
 def live() -> list[MrRecord]:
     """Snapshot of the live MRs, sorted by address."""
     with _lock:
-        return sorted(_live.values(), key=lambda r: (r.addr, r.length))
+        recs = list(_live.values())
+        sources = list(_sources)
+    for source in sources:
+        recs.extend(source())
+    return sorted(recs, key=lambda r: (r.addr, r.length))

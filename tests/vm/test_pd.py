@@ -1,0 +1,89 @@
+"""Protection domains: allocation, ordered teardown with live MRs, pyverbs interop."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+from verbs_fixtures import DEVICE, rdma_res
+
+import rdmapin
+from rdmapin import procfs
+
+pytest_plugins = ("verbs_fixtures",)
+
+
+def my_pds() -> int:
+    return sum(1 for r in rdma_res("pd") if r.get("pid") == os.getpid()
+               and r.get("ifname") == DEVICE)
+
+
+@pytest.mark.rdma
+def test_pd_alloc_and_close_are_what_the_kernel_tracks(dev):
+    before = my_pds()
+    p = dev.alloc_pd()
+    assert my_pds() == before + 1
+    assert p.device == DEVICE and p.handle >= 0
+    p.close()
+    assert my_pds() == before
+
+
+@pytest.mark.rdma
+def test_closing_pd_closes_live_mrs_first(dev, pins):
+    pd = dev.alloc_pd()
+    bufs = [rdmapin.alloc(64 << 10) for _ in range(3)]
+    mrs = [pd.register(b) for b in bufs]
+    assert procfs.vm_pin() - pins[0] == 3 * (64 << 10)
+    pd.close()
+    assert all(m.closed for m in mrs)
+    assert procfs.vm_pin() == pins[0]
+    pd.close()  # idempotent
+
+
+@pytest.mark.rdma
+def test_closing_device_closes_pds_and_mrs(pins):
+    d = rdmapin.open_device(DEVICE)
+    pd = d.alloc_pd()
+    mr = pd.register(bytearray(8192))
+    d.close()
+    assert pd.closed and mr.closed
+    assert procfs.vm_pin() == pins[0]
+
+
+@pytest.mark.rdma
+def test_gc_of_pd_deallocates_it(dev, pins):
+    pd = dev.alloc_pd()
+    mr = pd.register(bytearray(4096))
+    del pd, mr
+    gc.collect()
+    assert not dev._pds
+    assert procfs.vm_pin() == pins[0]
+
+
+@pytest.mark.rdma
+def test_register_into_closed_pd_bad_flow(dev, pins):
+    pd = dev.alloc_pd()
+    pd.close()
+    with pytest.raises(rdmapin.ClosedError, match="closed"):
+        pd.register(bytearray(4096))
+
+
+@pytest.mark.rdma
+def test_from_pyverbs_registers_into_the_pyverbs_pd(pins):
+    from pyverbs.device import Context
+    from pyverbs.pd import PD
+
+    with Context(name=DEVICE) as ctx, PD(ctx) as vpd:
+        pd = rdmapin.ProtectionDomain.from_pyverbs(vpd)
+        assert pd.device == DEVICE and pd.handle == vpd.handle
+        with pd.register(bytearray(4096)) as mr:
+            assert mr.lkey and mr.device == DEVICE
+        pd.close()  # closes rdmapin's MRs, leaves the PD to pyverbs
+        assert vpd.pd != 0  # still allocated: pyverbs owns it
+
+
+@pytest.mark.rdma
+def test_from_pyverbs_wrong_type_bad_flow():
+    with pytest.raises(rdmapin.BufferTypeError, match="pyverbs"):
+        rdmapin.ProtectionDomain.from_pyverbs(object())
