@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     pid = args.pid if args.pid is not None else os.getpid()
     out = sys.stdout
     for i, (addr, length, label) in enumerate(_regions(args, pid)):
-        report = inspect(addr, length, pid=pid, pgsz_bitmap=args.cap)
+        report = inspect(addr, length, pid=pid, pgsz_bitmap=args.cap, detail=True)
         if args.json:
             import json
             d = report.to_dict()

@@ -3,23 +3,62 @@
 A folio starts at every page that is not a compound tail or that does not follow the
 previous page physically. Folios cut by the region's edges (or mapped piecemeal) are
 completed with a few extra kpageflags reads around the boundary, so sizes are the real
-folio sizes, not the part that happens to be inside the range.
+folio sizes, not the part that happens to be inside the range. Classification goes
+through a table indexed by kpageflags bits 12-24, one gather per folio.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from rdmapin.pages import kpageflags as kpf
 from rdmapin.pages.kpageflags import KPF
+from rdmapin.pages.pagemap import PAGE_SIZE
 
-# Exclusive backing categories, in the order of precedence used to assign them.
+# Exclusive backing categories; the table below assigns one to every flag combination.
 CATEGORIES = ("4k", "thp_2m", "thp_other", "hugetlb_2m", "hugetlb_1g", "hugetlb_other",
               "zero", "ksm", "shmem", "file", "other")
+CAT = {name: i for i, name in enumerate(CATEGORIES)}
 PMD_PAGES = 512
 MAX_LOOKUPS = 4096  # boundary folios completed exactly; beyond that, their in-range part
+CODE_SHIFT = int(KPF.ANON)  # bits 12 (ANON) .. 24 (ZERO_PAGE)
+CODE_BITS = int(KPF.ZERO_PAGE) - CODE_SHIFT + 1
+TAIL = np.uint64(1 << int(KPF.COMPOUND_TAIL))
+
+
+def _c(k: KPF) -> int:
+    return 1 << (int(k) - CODE_SHIFT)
+
+
+@functools.cache
+def _table() -> np.ndarray:
+    """Category for each 13-bit code; THP means thp_2m and HUGE hugetlb_2m until sized."""
+    code = np.arange(1 << CODE_BITS)
+
+    def has(k: KPF) -> np.ndarray:
+        return (code & _c(k)) != 0
+
+    anon, compound = has(KPF.ANON), has(KPF.COMPOUND_HEAD) | has(KPF.COMPOUND_TAIL)
+    cat = np.full(len(code), CAT["other"], dtype=np.int8)
+    for sel, name in (  # later rules win
+        (anon & ~compound, "4k"),
+        (~anon & has(KPF.SWAPBACKED), "shmem"),
+        (~anon & ~has(KPF.SWAPBACKED), "file"),
+        (anon & has(KPF.THP), "thp_2m"),
+        (has(KPF.HUGE), "hugetlb_2m"),
+        (has(KPF.KSM), "ksm"),
+        (has(KPF.ZERO_PAGE), "zero"),
+    ):
+        cat[sel] = CAT[name]
+    return cat
+
+
+def codes(flags: np.ndarray) -> np.ndarray:
+    """The kpageflags bits that decide the backing, packed into uint16."""
+    return ((flags >> np.uint64(CODE_SHIFT)) & np.uint64((1 << CODE_BITS) - 1)).astype(np.uint16)
 
 
 @dataclass
@@ -27,6 +66,7 @@ class Folios:
     """Per-page folio index and per-folio head PFN, size (pages), category and flags."""
 
     page_folio: np.ndarray  # int64 per present page: index into the folio arrays
+    in_range: np.ndarray  # int64 pages of each folio segment inside the range
     head: np.ndarray  # uint64 head PFN per folio segment
     nr_pages: np.ndarray  # int64 folio size in base pages
     category: np.ndarray  # int8 index into CATEGORIES
@@ -34,11 +74,8 @@ class Folios:
     distinct: np.ndarray  # bool: first segment of its folio (duplicates are shared mappings)
 
 
-def _extent(pfn: int, hugetlb_pages: int) -> tuple[int, int, int]:
-    """(head pfn, folio pages, head flags) of the compound folio containing ``pfn``."""
-    if hugetlb_pages > 1:
-        head = pfn - pfn % hugetlb_pages
-        return head, hugetlb_pages, int(kpf.read_range(head, 1)[0])
+def _extent(pfn: int) -> tuple[int, int, int]:
+    """(head pfn, folio pages, head flags) of the non-hugetlb compound folio holding ``pfn``."""
     lo = max(pfn - PMD_PAGES + 1, 0)
     back = kpf.read_range(lo, pfn - lo + 1)
     heads = np.flatnonzero(kpf.bit(back, KPF.COMPOUND_HEAD))
@@ -51,66 +88,57 @@ def _extent(pfn: int, hugetlb_pages: int) -> tuple[int, int, int]:
     return head, nr, int(back[heads[-1]])
 
 
-def _categorise(flags: np.ndarray, nr_pages: np.ndarray, hugetlb_bytes: np.ndarray,
-                page_size: int) -> np.ndarray:
-    bit = kpf.bit
-    cat = np.full(len(flags), CATEGORIES.index("other"), dtype=np.int8)
-    anon = bit(flags, KPF.ANON)
-    compound = bit(flags, KPF.COMPOUND_HEAD) | bit(flags, KPF.COMPOUND_TAIL)
-    rules = [  # later rules win
-        (anon & ~compound, "4k"),
-        (~anon & bit(flags, KPF.SWAPBACKED), "shmem"),
-        (~anon & ~bit(flags, KPF.SWAPBACKED), "file"),
-        (anon & bit(flags, KPF.THP) & (nr_pages != PMD_PAGES), "thp_other"),
-        (anon & bit(flags, KPF.THP) & (nr_pages == PMD_PAGES), "thp_2m"),
-        (bit(flags, KPF.HUGE), "hugetlb_other"),
-        (bit(flags, KPF.HUGE) & (hugetlb_bytes == 2 << 20), "hugetlb_2m"),
-        (bit(flags, KPF.HUGE) & (hugetlb_bytes == 1 << 30), "hugetlb_1g"),
-        (bit(flags, KPF.KSM), "ksm"),
-        (bit(flags, KPF.ZERO_PAGE), "zero"),
-    ]
-    for sel, name in rules:
-        cat[sel] = CATEGORIES.index(name)
-    return cat
-
-
 def group(pfns: np.ndarray, flags: np.ndarray, exclusive: np.ndarray,
-          hugetlb_pages: np.ndarray, page_size: int) -> Folios:
+          hugetlb_pages: np.ndarray | None) -> Folios:
     """Folios of the present pages ``pfns`` (virtual order) with their ``flags``.
 
     ``exclusive`` is pagemap's exclusively-mapped bit per page (no duplicate possible),
-    ``hugetlb_pages`` the hugetlb page size in base pages of each page's VMA (1 if none).
+    ``hugetlb_pages`` the hugetlb page size in base pages of each page's VMA (None: no
+    hugetlb VMA in the range).
     """
     n = len(pfns)
     if n == 0:
         z = np.empty(0, dtype=np.int64)
-        return Folios(z, np.empty(0, np.uint64), z, np.empty(0, np.int8),
+        return Folios(z, z, np.empty(0, np.uint64), z, np.empty(0, np.int8),
                       np.empty(0, np.uint64), np.empty(0, bool))
-    tail = kpf.bit(flags, KPF.COMPOUND_TAIL)
-    new = np.ones(n, dtype=bool)
-    new[1:] = ~tail[1:] | (pfns[1:] != pfns[:-1] + np.uint64(1))
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(flags[1:] & TAIL, TAIL, out=new[1:])
+    new[1:] |= pfns[1:] != pfns[:-1] + np.uint64(1)
     starts = np.flatnonzero(new)
-    page_folio = np.cumsum(new) - 1
-    nr = np.diff(np.append(starts, n))
-    head = pfns[starts].copy()
-    hflags = flags[starts].copy()
-    compound = kpf.bit(hflags, KPF.COMPOUND_HEAD) | kpf.bit(hflags, KPF.COMPOUND_TAIL)
-    hp = hugetlb_pages[starts]
-    # Complete folios that start on a tail (head outside the range) or run past its end,
-    # and hugetlb folios (size known from the VMA, not from what is mapped here).
-    fix = compound & (kpf.bit(hflags, KPF.COMPOUND_TAIL) | (hp > 1))
-    if compound[-1]:
-        fix[-1] = True
-    idx = np.flatnonzero(fix)
-    hidx = idx[hp[idx] > 1]
-    if len(hidx):  # hugetlb: vectorised, naturally aligned
-        hpn = hp[hidx].astype(np.uint64)
-        head[hidx] = pfns[starts[hidx]] - pfns[starts[hidx]] % hpn
-        nr[hidx] = hp[hidx]
-        hflags[hidx] = kpf.read(head[hidx])
-    for i in idx[hp[idx] <= 1][:MAX_LOOKUPS].tolist():
-        h, size, hf = _extent(int(pfns[starts[i]]), 1)
-        head[i], nr[i], hflags[i] = h, size, hf
+    if len(starts) == n:  # every page its own folio: skip the index arithmetic
+        page_folio = np.arange(n)
+        in_range = np.ones(n, dtype=np.int64)
+        head, hflags = pfns.copy(), flags.copy()
+    else:
+        page_folio = np.cumsum(new) - 1
+        in_range = np.diff(np.append(starts, n))
+        head, hflags = pfns[starts], flags[starts]
+    nr = in_range.copy()
+    code = codes(hflags)
+    cat = _table()[code]
+    compound = (code & (_c(KPF.COMPOUND_HEAD) | _c(KPF.COMPOUND_TAIL))) != 0
+    # Complete folios that start on a tail (head outside the range) or run past its end;
+    # hugetlb folios take their size from the VMA (naturally aligned).
+    fix = compound & ((code & _c(KPF.COMPOUND_TAIL)) != 0)
+    fix[-1] |= compound[-1]
+    if hugetlb_pages is not None:
+        hp = hugetlb_pages[starts]
+        hidx = np.flatnonzero(compound & (hp > 1))
+        if len(hidx):
+            hpn = hp[hidx].astype(np.uint64)
+            head[hidx] = head[hidx] - head[hidx] % hpn
+            nr[hidx] = hp[hidx]
+            hflags[hidx] = kpf.read(head[hidx])
+            fix[hidx] = False
+            size = hp[hidx] * PAGE_SIZE
+            cat[hidx] = np.where(size == 2 << 20, CAT["hugetlb_2m"],
+                                 np.where(size == 1 << 30, CAT["hugetlb_1g"],
+                                          CAT["hugetlb_other"]))
+    for i in np.flatnonzero(fix)[:MAX_LOOKUPS].tolist():
+        head[i], nr[i], hflags[i] = _extent(int(head[i]))
+    thp = cat == CAT["thp_2m"]
+    cat[thp & (nr != PMD_PAGES)] = CAT["thp_other"]
     distinct = np.ones(len(starts), dtype=bool)
     shared = ~exclusive[starts]
     if shared.any():
@@ -118,6 +146,4 @@ def group(pfns: np.ndarray, flags: np.ndarray, exclusive: np.ndarray,
         _, first = np.unique(head[sidx], return_index=True)
         distinct[sidx] = False
         distinct[sidx[first]] = True
-    hugetlb_bytes = hp.astype(np.int64) * page_size
-    cat = _categorise(hflags, nr, hugetlb_bytes, page_size)
-    return Folios(page_folio, head, nr, cat, hflags, distinct)
+    return Folios(page_folio, in_range, head, nr, cat, hflags, distinct)

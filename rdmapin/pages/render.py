@@ -53,9 +53,11 @@ def render(r: RegionReport) -> str:
         out.append(f"device    best page size for cap {d.pgsz_bitmap:#x}: {best}")
         out.append(f"rxe       maps every {human(PAGE_SIZE)} page: {d.rxe_blocks} entries")
     for v in r.vmas:
-        out.append(f"vma       {v['start']:#x}-{v['end']:#x} {v['perms']} "
-                   f"{human(v['kernel_page_size'])} pages  rss {human(v['rss'])}  "
-                   f"thp {human(v['anon_huge_pages'])}  locked {human(v['locked'])}  "
-                   f"{v['path'] or '[anon]'}")
+        line = f"vma       {v['start']:#x}-{v['end']:#x} {v['perms']} {v['path'] or '[anon]'}"
+        out.append(line)
+        if v["rss"] is not None:
+            out.append(f"  smaps   {human(v['kernel_page_size'])} pages, rss {human(v['rss'])}, "
+                       f"thp {human(v['anon_huge_pages'])}, locked {human(v['locked'])}, "
+                       f"hugetlb {human(v['hugetlb'])}")
     out.extend(f"limit     {msg}" for msg in r.limits)
     return "\n".join(out)

@@ -20,6 +20,10 @@ from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP, Descriptors, describe
 from rdmapin.pages.kpageflags import KPF
 from rdmapin.pages.pagemap import PAGE_SIZE
 
+_HUGE = kpf.mask(KPF.HUGE)
+_MLOCKED = kpf.mask(KPF.MLOCKED)
+_UNEVICTABLE = kpf.mask(KPF.UNEVICTABLE)
+
 
 @dataclass
 class RegionReport:
@@ -99,21 +103,28 @@ def _hugetlb_pages(vmas: list[smaps.Vma], page_addrs_first: int, count: int) -> 
 
 
 def _vma_dict(v: smaps.Vma, addr: int, length: int) -> dict:
+    """The VMA's range and, when smaps was read, its own counters (else None)."""
     f = v.fields
-    return {
-        "start": v.start, "end": v.end, "perms": v.perms, "path": v.path,
-        "covered": v.start >= addr and v.end <= addr + length,
-        "kernel_page_size": v.kernel_page_size, "rss": f.get("Rss", 0),
-        "anon_huge_pages": f.get("AnonHugePages", 0), "locked": f.get("Locked", 0),
-        "swap": f.get("Swap", 0), "hugetlb": f.get("Shared_Hugetlb", 0)
-        + f.get("Private_Hugetlb", 0), "ksm": f.get("KSM", 0), "flags": list(v.flags),
-    }
+    d: dict = {"start": v.start, "end": v.end, "perms": v.perms, "path": v.path,
+               "covered": v.start >= addr and v.end <= addr + length}
+    have = bool(f)
+    d["kernel_page_size"] = v.kernel_page_size if have else None
+    for key, name in (("rss", "Rss"), ("anon_huge_pages", "AnonHugePages"),
+                      ("locked", "Locked"), ("swap", "Swap"), ("ksm", "KSM")):
+        d[key] = f.get(name, 0) if have else None
+    d["hugetlb"] = f.get("Shared_Hugetlb", 0) + f.get("Private_Hugetlb", 0) if have else None
+    d["flags"] = list(v.flags) if have else None
+    return d
 
 
-def _runs(pfns: np.ndarray, present: np.ndarray) -> tuple[int, int]:
+def _runs(pfns: np.ndarray, present: np.ndarray, all_present: bool) -> tuple[int, int]:
     """(number of physically contiguous runs, longest run in pages) over present pages."""
     if not present.any():
         return 0, 0
+    if all_present:
+        starts = np.flatnonzero(pfns[1:] != pfns[:-1] + np.uint64(1)) + 1
+        bounds = np.concatenate(([0], starts, [len(pfns)]))
+        return len(bounds) - 1, int(np.diff(bounds).max())
     start = present.copy()
     start[1:] &= ~(present[:-1] & (pfns[1:] == pfns[:-1] + np.uint64(1)))
     starts = np.flatnonzero(start)
@@ -125,29 +136,36 @@ def _runs(pfns: np.ndarray, present: np.ndarray) -> tuple[int, int]:
 
 
 def inspect(addr: int, length: int, pid: int | None = None,
-            pgsz_bitmap: int = DEFAULT_PGSZ_BITMAP) -> RegionReport:
+            pgsz_bitmap: int = DEFAULT_PGSZ_BITMAP, detail: bool = False) -> RegionReport:
     """Report what backs [addr, addr + length) in ``pid`` (default: this process).
 
     ``pgsz_bitmap`` is the device page_size_cap used for the best-page-size verdict.
+    ``detail`` adds each VMA's smaps counters (Rss, AnonHugePages, Locked ...); smaps
+    walks the page tables again, so it is read by default only when hugetlb pages are
+    present (their VMA's KernelPageSize gives the folio size).
     """
     pid = os.getpid() if pid is None else int(pid)
     first, count = pagemap.page_span(addr, length)
     page0 = first * PAGE_SIZE
     entries = pagemap.read(pid, addr, length)
-    vmas = smaps.covering(pid, addr, length)
+    vmas = smaps.covering(pid, addr, length, detail)
     if not vmas:
         raise RdmapinError(f"pid {pid} has nothing mapped at {addr:#x}+{length}",
                            hint=f"see /proc/{pid}/maps for its mappings")
     limits: list[str] = []
     present = pagemap.present(entries)
-    swapped = pagemap.swapped(entries)
+    all_present = bool(present.all())
     pfns_all = entries & pagemap.PFN_MASK
-    pfns_all[~present] = 0
-    pfns = pfns_all[present]
+    if all_present:
+        pfns = pfns_all
+    else:
+        pfns_all[~present] = 0
+        pfns = pfns_all[present]
     n_present = len(pfns)
+    hidden = n_present > 0 and not pfns.any()
 
     flags = None
-    if pagemap.pfns_hidden(entries):
+    if hidden:
         limits.append("PFNs hidden: reading pagemap PFNs needs CAP_SYS_ADMIN (run as root)")
     elif n_present:
         try:
@@ -155,34 +173,38 @@ def inspect(addr: int, length: int, pid: int | None = None,
         except RdmapinOSError as e:
             limits.append(f"no page flags: {e}")
 
+    ncat = len(folio_mod.CATEGORIES)
     backing_pages = dict.fromkeys(folio_mod.CATEGORIES, 0)
     backing_folios = dict.fromkeys(folio_mod.CATEGORIES, 0)
     folio_sizes: dict[int, int] = {}
     mlocked = unevictable = 0
     folio_count = n_present
     if flags is not None:
-        hp = _hugetlb_pages(vmas, page0, count)[present]
-        fol = folio_mod.group(pfns, flags, pagemap.exclusive(entries[present]), hp, PAGE_SIZE)
-        page_cat = fol.category[fol.page_folio]
-        for i, c in enumerate(np.bincount(page_cat, minlength=len(folio_mod.CATEGORIES))):
-            backing_pages[folio_mod.CATEGORIES[i]] = int(c)
-        dcat = fol.category[fol.distinct]
-        for i, c in enumerate(np.bincount(dcat, minlength=len(folio_mod.CATEGORIES))):
-            backing_folios[folio_mod.CATEGORIES[i]] = int(c)
-        sizes, counts = np.unique(fol.nr_pages[fol.distinct], return_counts=True)
-        folio_sizes = {int(s) * PAGE_SIZE: int(c) for s, c in zip(sizes, counts, strict=True)}
+        hp = None
+        if (flags & _HUGE).any():
+            if not detail:
+                vmas = smaps.covering(pid, addr, length, True)
+            hp = _hugetlb_pages(vmas, page0, count)[present]
+        excl = pagemap.exclusive(entries if all_present else entries[present])
+        fol = folio_mod.group(pfns, flags, excl, hp)
+        by_cat = np.bincount(fol.category, weights=fol.in_range, minlength=ncat)
+        folios_by_cat = np.bincount(fol.category[fol.distinct], minlength=ncat)
+        for i, name in enumerate(folio_mod.CATEGORIES):
+            backing_pages[name] = int(by_cat[i])
+            backing_folios[name] = int(folios_by_cat[i])
+        sizes = np.bincount(fol.nr_pages[fol.distinct])
+        folio_sizes = {int(s) * PAGE_SIZE: int(sizes[s]) for s in np.flatnonzero(sizes)}
         folio_count = int(fol.distinct.sum())
-        # Folio-wide bits live on the head page on older kernels (6.1 reads page->flags).
-        per_page = fol.head_flags[fol.page_folio] | flags
-        mlocked = int(kpf.bit(per_page, KPF.MLOCKED).sum())
-        unevictable = int(kpf.bit(per_page, KPF.UNEVICTABLE).sum())
+        # Folio-wide bits are the head page's (6.1 reports them on the head only).
+        mlocked = int(fol.in_range[fol.head_flags & _MLOCKED != 0].sum())
+        unevictable = int(fol.in_range[fol.head_flags & _UNEVICTABLE != 0].sum())
 
-    runs, longest = _runs(pfns_all, present) if flags is not None or n_present else (0, 0)
+    runs, longest = _runs(pfns_all, present, all_present)
     nodes: dict[int, int] = {}
     zone_counts: dict[str, int] = {}
     descriptors = None
-    if n_present and not pagemap.pfns_hidden(entries):
-        node, zone = zones.ZoneMap().lookup(pfns)
+    if n_present and not hidden:
+        node, zone = zones.lookup(pfns)
         # bincount (shifted by one for the -1 "unknown") instead of a sort: O(pages).
         for v, c in enumerate(np.bincount(node.astype(np.int64) + 1)):
             if c:
@@ -193,7 +215,8 @@ def inspect(addr: int, length: int, pid: int | None = None,
         descriptors = describe(addr, length, pfns, folio_count, pgsz_bitmap)
     return RegionReport(
         pid=pid, comm=_comm(pid), addr=addr, length=length, base_pages=count,
-        present=n_present, not_present=count - n_present, swapped=int(swapped.sum()),
+        present=n_present, not_present=count - n_present,
+        swapped=0 if all_present else int(pagemap.swapped(entries).sum()),
         backing_pages=backing_pages, backing_folios=backing_folios, folio_sizes=folio_sizes,
         runs=runs, longest_run=longest, descriptors=descriptors,
         descriptors_complete=n_present == count, nodes=nodes, zones=zone_counts,

@@ -1,12 +1,15 @@
 """PFN -> NUMA node and zone (DMA, DMA32, Normal, Movable, Device), vectorised.
 
-The node comes from the memory blocks linked under /sys/devices/system/node/nodeN/ (exact
-per block); the zone from each online block's ``valid_zones`` (the zone it is in), and for
-blocks that span zones (``none``) from the zone spans in /proc/zoneinfo of that node.
+Memory is onlined in blocks (/sys/devices/system/memory/memoryN, ``block_size_bytes``
+each): a block's ``nodeX`` link gives its node and, when online and inside one zone, its
+``valid_zones`` names that zone. Blocks that span zones (``none``, e.g. DMA|DMA32 at the
+bottom of memory) fall back to the zone spans in /proc/zoneinfo of that node. Only the
+blocks a region touches are read, so a lookup costs O(pages + touched blocks).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,6 @@ import numpy as np
 
 from rdmapin.pages.pagemap import PAGE_SHIFT
 
-NODE_DIR = Path("/sys/devices/system/node")
 MEMORY_DIR = Path("/sys/devices/system/memory")
 ZONE_NAMES = ("DMA", "DMA32", "Normal", "Movable", "Device")
 UNKNOWN = -1
@@ -50,53 +52,53 @@ def zone_spans(text: str | None = None) -> list[ZoneSpan]:
     return out
 
 
-class ZoneMap:
-    """A snapshot of the physical layout: node and zone index of every memory block."""
+def block_pages() -> int:
+    return int((MEMORY_DIR / "block_size_bytes").read_text(), 16) >> PAGE_SHIFT
 
-    def __init__(self) -> None:
-        self.block_pages = int((MEMORY_DIR / "block_size_bytes").read_text(), 16) >> PAGE_SHIFT
-        self.spans = zone_spans()
-        blocks: dict[int, tuple[int, int]] = {}
-        for node_dir in NODE_DIR.glob("node[0-9]*"):
-            node = int(node_dir.name[4:])
-            for mem in node_dir.glob("memory[0-9]*"):
-                idx = int(mem.name[6:])
-                zone = UNKNOWN
-                try:
-                    vz = (MEMORY_DIR / mem.name / "valid_zones").read_text().split()
-                    state = (MEMORY_DIR / mem.name / "state").read_text().strip()
-                except OSError:
-                    vz, state = [], ""
-                if state == "online" and len(vz) == 1 and vz[0] in ZONE_NAMES:
-                    zone = ZONE_NAMES.index(vz[0])
-                blocks[idx] = (node, zone)
-        size = max(blocks) + 1 if blocks else 0
-        self.block_node = np.full(size, UNKNOWN, dtype=np.int16)
-        self.block_zone = np.full(size, UNKNOWN, dtype=np.int16)
-        for idx, (node, zone) in blocks.items():
-            self.block_node[idx] = node
-            self.block_zone[idx] = zone
 
-    def lookup(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(node, zone index into ZONE_NAMES) per PFN; -1 where unknown."""
-        pfns = np.asarray(pfns, dtype=np.uint64)
-        block = (pfns // np.uint64(self.block_pages)).astype(np.int64)
-        inside = block < len(self.block_node)
-        safe = np.where(inside, block, 0)
-        node = np.where(inside, self.block_node[safe], UNKNOWN).astype(np.int16)
-        zone = np.where(inside, self.block_zone[safe], UNKNOWN).astype(np.int16)
-        todo = zone == UNKNOWN
-        if todo.any():
-            p = pfns[todo].astype(np.int64)
-            n = node[todo]
-            z = np.full(len(p), UNKNOWN, dtype=np.int16)
-            for span in self.spans:  # later (higher) zones win where spans overlap
-                if span.zone not in ZONE_NAMES:
-                    continue
-                hit = (p >= span.start_pfn) & (p < span.start_pfn + span.spanned)
-                hit &= (n == span.node) | (n == UNKNOWN)
-                z[hit] = ZONE_NAMES.index(span.zone)
-                n = np.where(hit & (n == UNKNOWN), span.node, n)
-            zone[todo] = z
-            node[todo] = n
-        return node, zone
+def block_info(index: int) -> tuple[int, int]:
+    """(node, zone index) of memory block ``index``; -1 for what sysfs does not say."""
+    d = MEMORY_DIR / f"memory{index}"
+    node = zone = UNKNOWN
+    try:
+        for name in os.listdir(d):
+            if name.startswith("node") and name[4:].isdigit():
+                node = int(name[4:])
+        if (d / "state").read_text().strip() == "online":
+            vz = (d / "valid_zones").read_text().split()
+            if len(vz) == 1 and vz[0] in ZONE_NAMES:
+                zone = ZONE_NAMES.index(vz[0])
+    except OSError:
+        pass
+    return node, zone
+
+
+def lookup(pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(node, zone index into ZONE_NAMES) per PFN, int16; -1 where unknown."""
+    pfns = np.asarray(pfns, dtype=np.uint64)
+    if len(pfns) == 0:
+        return np.empty(0, np.int16), np.empty(0, np.int16)
+    block = (pfns >> np.uint64(block_pages().bit_length() - 1)).astype(np.int64)
+    lo = int(block.min())
+    touched = np.flatnonzero(np.bincount(block - lo)) + lo
+    table_node = np.full(int(touched[-1]) - lo + 1, UNKNOWN, dtype=np.int16)
+    table_zone = table_node.copy()
+    for b in touched.tolist():
+        table_node[b - lo], table_zone[b - lo] = block_info(b)
+    node = table_node[block - lo]
+    zone = table_zone[block - lo]
+    todo = zone == UNKNOWN
+    if todo.any():
+        p = pfns[todo].astype(np.int64)
+        n = node[todo]
+        z = np.full(len(p), UNKNOWN, dtype=np.int16)
+        for span in zone_spans():  # later (higher) zones win where spans overlap
+            if span.zone not in ZONE_NAMES:
+                continue
+            hit = (p >= span.start_pfn) & (p < span.start_pfn + span.spanned)
+            hit &= (n == span.node) | (n == UNKNOWN)
+            z[hit] = ZONE_NAMES.index(span.zone)
+            n = np.where(hit & (n == UNKNOWN), span.node, n)
+        zone[todo] = z
+        node[todo] = n
+    return node, zone

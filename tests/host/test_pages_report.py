@@ -135,7 +135,7 @@ def test_mlock_counts_match_locked_and_vmlck():
         lck0 = int(procfs.status()["VmLck"])
         assert libc.mlock(buf.addr, buf.length) == 0
         try:
-            r = pages.inspect(buf.addr, buf.length)
+            r = pages.inspect(buf.addr, buf.length, detail=True)
             n = buf.length // PAGE
             assert r.mlocked == r.unevictable == n == r.present
             assert _vma(buf.addr, buf.length).fields["Locked"] == buf.length
@@ -149,7 +149,7 @@ def test_mlock_counts_match_locked_and_vmlck():
 def test_not_present_pages_and_snapshot_compare():
     with Buffer(128 * PAGE, advice=MADV_NOHUGEPAGE) as buf:
         buf.view[: 64 * PAGE: PAGE] = 1
-        r = pages.inspect(buf.addr, buf.length)
+        r = pages.inspect(buf.addr, buf.length, detail=True)
         assert (r.present, r.not_present) == (64, 64)
         assert not r.descriptors_complete
         assert r.vmas[0]["rss"] == 64 * PAGE
@@ -177,7 +177,8 @@ CHILD = textwrap.dedent("""
     # Own VMA flags, so later allocations cannot merge into this mapping.
     assert ctypes.CDLL("libc.so.6").madvise(ctypes.c_void_p(addr), ctypes.c_size_t(n), 15) == 0
     a[: n // 2: 4096] = 1
-    print(json.dumps({"addr": addr, "len": n, "self": pages.inspect(addr, n).to_dict()}),
+    print(json.dumps({"addr": addr, "len": n,
+                      "self": pages.inspect(addr, n, detail=True).to_dict()}),
           flush=True)
     sys.stdin.readline()
 """)
@@ -188,7 +189,7 @@ def test_other_process_gets_the_same_report():
                              stdout=subprocess.PIPE, text=True, cwd=TOP)
     try:
         line = json.loads(child.stdout.readline())
-        theirs = pages.inspect(line["addr"], line["len"], pid=child.pid).to_dict()
+        theirs = pages.inspect(line["addr"], line["len"], pid=child.pid, detail=True).to_dict()
         assert theirs == line["self"]
         assert theirs["present"] == theirs["not_present"] == (8 << 20) // PAGE // 2
         cli = subprocess.run(
