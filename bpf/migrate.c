@@ -133,7 +133,7 @@ int rp_move_to_new_folio_ret(struct pt_regs *ctx)
 				      (void *)(src + RP_FOLIO_PINCOUNT_OFF));
 #endif
 	} else {
-		pincount = refcount / RP_GUP_PIN_COUNTING_BIAS;
+		pincount = (u32)refcount / RP_GUP_PIN_COUNTING_BIAS;	/* unsigned: BPF has no sdiv */
 	}
 	ev.b = order;
 	ev.c = refcount;
