@@ -1,9 +1,12 @@
 """The kernel's RDMA resource tracking: every MR of every process, as the kernel sees it.
 
 Read through iproute2's ``rdma -j -d res show mr`` (the nldev netlink RES_MR_GET dump).
-Per MR the kernel gives the device, MR number, length, PD number, pid and comm; the keys
-and the IOVA only to a reader with CAP_NET_ADMIN (drivers/infiniband/core/nldev.c,
-fill_res_mr_entry). It is how rdmapin knows the MRs of a process it is not running in.
+Per MR the kernel gives the device, MR number, length, PD number, pid and comm, and the
+keys only to a reader with CAP_NET_ADMIN (drivers/infiniband/core/nldev.c,
+fill_res_mr_entry). Linux 6.1 sends no IOVA (measured in the guest: ``{"ifname":"rxe0",
+"mrn":0,"rkey":"0","lkey":"201","mrlen":1048576,"pdn":1,"pid":301,"comm":"python"}``), so
+for another process the MR's length and keys are known, its address is not. It is how
+rdmapin knows the MRs of a process it is not running in.
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ class KernelMr:
 
 
 def _int(value: object) -> int | None:
-    """rdma prints keys and iova as hex strings ("0x1a2b") and the rest as numbers."""
+    """A number rdma printed as a JSON number or a decimal string."""
     if value is None:
         return None
-    if isinstance(value, int):
-        return value
-    return int(str(value), 0)
+    return value if isinstance(value, int) else int(str(value), 0)
+
+
+def _hex(value: object) -> int | None:
+    """Keys and IOVA: iproute2 6.1 prints them as bare hex strings ("201" is 0x201)."""
+    if value is None:
+        return None
+    return value if isinstance(value, int) else int(str(value), 16)
 
 
 def parse(text: str) -> list[KernelMr]:
@@ -71,9 +79,9 @@ def parse(text: str) -> list[KernelMr]:
             pid=_int(r.get("pid")),
             comm=r.get("comm"),
             pdn=_int(r.get("pdn")),
-            lkey=_int(r.get("lkey")),
-            rkey=_int(r.get("rkey")),
-            iova=_int(r.get("iova")),
+            lkey=_hex(r.get("lkey")),
+            rkey=_hex(r.get("rkey")),
+            iova=_hex(r.get("iova")),
         ))
     return out
 
