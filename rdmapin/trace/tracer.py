@@ -86,7 +86,7 @@ class Tracer:
         self._t0_ns = time.monotonic_ns()
         self.started = time.time()
         b = self.program.bpf
-        self._table = b["rp_events"]
+        self._table = b[b"rp_events"]
         if self.program.ringbuf:
             self._table.open_ring_buffer(self._on_raw)
         else:
@@ -269,7 +269,7 @@ class Tracer:
         return evs
 
     def _read_totals(self) -> dict[str, int]:
-        t = self.program.bpf["rp_totals"]
+        t = self.program.bpf[b"rp_totals"]
         out = {name: int(t.sum(t.Key(i)).value) for i, name in enumerate(COUNTERS)}
         out["lost_events"] += self._perf_lost
         return out
@@ -286,7 +286,7 @@ class Tracer:
         for name, table in (("migrate_latency_us", "rp_migrate_lat_us"),
                             ("compaction_latency_us", "rp_compact_lat_us")):
             try:
-                t = b[table]
+                t = b[table.encode()]
             except KeyError:
                 continue
             out[name] = {int(k.value): int(v.value) for k, v in t.items() if v.value}

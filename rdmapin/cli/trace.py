@@ -1,0 +1,171 @@
+"""`rdmapin trace`: watch migration, compaction and isolation fail on pinned pages, live,
+and name the MR and process that pinned them.
+
+Runs bcc probes (bpf/*.c) system-wide. Without kprobes or kernel headers it runs the
+tracepoint subset and says in one line what it cannot see. Ctrl-C detaches and prints a
+summary. Totals agree with /proc/vmstat (pgmigrate_*, compact_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+
+from rdmapin.errors import RdmapinError
+from rdmapin.trace.events import Event, Kind
+from rdmapin.trace.summary import Summary, render
+
+EXAMPLES = """examples:
+  rdmapin trace                     # live events, all processes; Ctrl-C for a summary
+  rdmapin trace -p 4242             # what pid 4242 did or owns
+  rdmapin trace -T -d 30            # wall-clock timestamps, stop after 30 s
+  rdmapin trace -s 5                # a summary every 5 s (failures by reason and owner)
+  rdmapin trace -j                  # JSON lines, stable keys
+  rdmapin trace --prometheus 127.0.0.1:9464   # counters for Prometheus too
+  rdmapin trace --all               # also every compaction pageblock scan
+"""
+
+FMT = "{:<9} {:<15} {:>7} {:<16} {:<17} {:<25} {}"
+HEADER = ("TIME(s)", "COMM", "PID", "EVENT", "REASON", "PFN/RANGE", "OWNER")
+QUIET = (Kind.ISOLATE_FREE, Kind.UMEM_BEGIN)
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    return host or "127.0.0.1", int(port)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="live compaction/migration failures on pinned pages",
+                       description=__doc__, epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-p", "--pid", type=int, help="only events this pid ran or whose pages it pins")
+    p.add_argument("-T", "--timestamp", action="store_true", help="wall-clock HH:MM:SS times")
+    p.add_argument("-j", "--json", action="store_true", help="JSON lines instead of columns")
+    p.add_argument("-d", "--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    p.add_argument("-s", "--interval", type=float, metavar="INTERVAL",
+                   help="print a summary every INTERVAL seconds")
+    p.add_argument("--all", action="store_true",
+                   help="every event, including scans of unpinned pageblocks")
+    p.add_argument("--no-inventory", dest="inventory", action="store_false",
+                   help="skip the start-up inventory of pins made before tracing")
+    p.add_argument("--prometheus", type=_hostport, metavar="HOST:PORT",
+                   help="serve counters for Prometheus (use 127.0.0.1 unless you mean it)")
+    p.set_defaults(func=run)
+
+
+def interesting(ev: Event) -> bool:
+    """The default live view: failures, pins, compaction runs, scans over pinned blocks."""
+    if ev.kind in QUIET:
+        return False
+    if ev.kind == Kind.ISOLATE_MIGRATE:
+        return bool(ev.owners)
+    if ev.kind == Kind.COMPACT_FINISHED:
+        return ev.reason != "continue"
+    if ev.kind == Kind.ISOLATION_TEST:
+        return ev.detail.get("busy", False)
+    return True
+
+
+class Printer:
+    def __init__(self, args: argparse.Namespace, summary: Summary) -> None:
+        self.args = args
+        self.summary = summary  # since the last interval summary
+        self.whole = Summary()  # the whole run, for the final summary
+        self.lock = threading.Lock()
+
+    def __call__(self, ev: Event) -> None:
+        with self.lock:
+            self.summary.feed(ev)
+            self.whole.feed(ev)
+            if not (self.args.all or interesting(ev)):
+                return
+            if self.args.json:
+                print(json.dumps(ev.to_dict(), default=str), flush=True)
+                return
+            when = (time.strftime("%H:%M:%S", time.localtime(self.t0 + ev.ts))
+                    if self.args.timestamp else f"{ev.ts:.6f}")
+            print(FMT.format(when, ev.comm[:15], ev.pid, ev.name, (ev.reason or "-")[:17],
+                             ev.range_text(), ev.owner_label()), flush=True)
+
+    t0 = 0.0
+
+
+def run(args: argparse.Namespace) -> int:
+    from rdmapin.trace.tracer import Tracer
+
+    summary = Summary()
+    printer = Printer(args, summary)
+    tracer = Tracer(pid=args.pid, inventory=args.inventory, keep_events=0, on_event=printer)
+    try:
+        tracer.start()
+    except ImportError as e:
+        raise RdmapinError(f"bcc is not importable ({e})",
+                           hint="install python3-bpfcc; run with the system Python") from e
+    printer.t0 = tracer.started
+    exporter = None
+    try:
+        if tracer.unavailable:
+            print(f"rdmapin: trace: {tracer.unavailable}", file=sys.stderr)
+        if tracer.inventory is not None:
+            inv = tracer.inventory
+            print(f"rdmapin: trace: {len(inv.owners)} pinned range(s) found at start"
+                  + (f"; {len(inv.unresolved)} unplaced: " + "; ".join(inv.unresolved)
+                     if inv.unresolved else ""), file=sys.stderr)
+        if args.prometheus:
+            from rdmapin.trace import prometheus
+            exporter = prometheus.serve(*args.prometheus, tracer.totals,
+                                        printer.whole.failures_by_owner)
+        if not args.json:
+            print(FMT.format(*(("TIME", *HEADER[1:]) if args.timestamp else HEADER)))
+        print("Hit Ctrl-C to end.", file=sys.stderr)
+        _loop(args, tracer, printer)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if exporter is not None:
+            from rdmapin.trace import prometheus
+            prometheus.stop(exporter)
+        tracer.stop()
+    _final(args, tracer, printer)
+    return 0
+
+
+def _loop(args: argparse.Namespace, tracer: object, printer: Printer) -> None:
+    start = time.monotonic()
+    last = start
+    prev = tracer.totals()
+    while True:
+        now = time.monotonic()
+        if args.duration is not None and now - start >= args.duration:
+            return
+        wait = 0.2
+        if args.duration is not None:
+            wait = min(wait, max(0.0, start + args.duration - now))
+        time.sleep(wait)
+        if args.interval and time.monotonic() - last >= args.interval:
+            last = time.monotonic()
+            cur = tracer.totals()
+            delta = {k: cur[k] - prev.get(k, 0) for k in cur}
+            prev = cur
+            with printer.lock:
+                _emit(args, printer.summary, delta, {}, time.strftime("%H:%M:%S"))
+                printer.summary.reset()
+
+
+def _emit(args: argparse.Namespace, s: Summary, totals: dict, hists: dict, title: str) -> None:
+    if args.json:
+        print(json.dumps({"summary": title, **s.to_dict(totals, hists)}, default=str),
+              flush=True)
+    else:
+        print(render(s, totals, hists, title), flush=True)
+
+
+def _final(args: argparse.Namespace, tracer: object, printer: Printer) -> None:
+    with printer.lock:
+        _emit(args, printer.whole, tracer.totals(), tracer.histograms(), "summary")

@@ -1,0 +1,96 @@
+"""The owner map, the pin ledger and the summaries, on real memory of this process (its own
+pagemap) or synthetic PFNs where only the bookkeeping is under test."""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+import pytest
+
+from rdmapin.pages import pagemap
+from rdmapin.trace.attribution import Owner, OwnerMap
+from rdmapin.trace.events import Event, Kind
+from rdmapin.trace.ledger import Ledger
+from rdmapin.trace.summary import Summary, render
+
+PAGE = pagemap.PAGE_SIZE
+
+
+def _owner(pid: int = 1, addr: int = 0x1000, length: int = 4 * PAGE) -> Owner:
+    return Owner(pid=pid, comm="x", addr=addr, length=length, source="ledger")
+
+
+def test_owner_map_lookup_range_and_remove():
+    m = OwnerMap()
+    a = m.add(_owner(pid=10), np.array([100, 101, 102, 0], dtype=np.uint64))
+    b = m.add(_owner(pid=20), np.arange(600, 610, dtype=np.uint64))
+    assert a.pages == 3  # PFN 0 (not present) is not an owner's page
+    assert m.lookup(101) is a and m.lookup(605) is b and m.lookup(103) is None
+    assert m.in_range(0, 512) == {a.ident: 3}
+    assert m.in_range(512, 1024) == {b.ident: 10}
+    assert m.in_range(101, 605) == {a.ident: 2, b.ident: 5}
+    m.remove(a.ident)
+    assert m.lookup(101) is None and m.in_range(0, 512) == {}
+
+
+def _pfns_visible() -> bool:
+    buf = mmap.mmap(-1, PAGE)
+    buf[0] = 1
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    ok = bool(pagemap.pfns(pagemap.read("self", arr.ctypes.data, PAGE)).any())
+    del arr
+    buf.close()
+    return ok
+
+
+def test_ledger_registration_maps_this_process_pages_and_release_forgets_them():
+    if not _pfns_visible():
+        pytest.skip("pagemap PFNs need CAP_SYS_ADMIN")
+    buf = mmap.mmap(-1, 8 * PAGE)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    arr[::PAGE] = 1
+    addr = arr.ctypes.data
+    pfns = pagemap.pfns(pagemap.read("self", addr, len(arr)))
+    ledger = Ledger(OwnerMap())
+    pending = ledger.begin(tid=7, pid=os.getpid(), comm="me", addr=addr, size=len(arr), ts_ns=1)
+    assert ledger.registering(7) is pending
+    o = ledger.got(tid=7, pid=os.getpid(), comm="me", addr=addr, size=len(arr), umem=0xdead,
+                   ret=0)
+    assert o is pending and ledger.registering(7) is None
+    assert o.pages == 8 and all(ledger.owners.lookup(int(p)) is o for p in pfns)
+    assert ledger.release(0xdead) is o
+    assert ledger.owners.lookup(int(pfns[0])) is None
+    assert ledger.release(0xbeef) is None  # a umem registered before tracing
+    assert ledger.got(tid=8, pid=1, comm="x", addr=0, size=1, umem=0, ret=-12) is None
+    assert ledger.failed == 1
+    del arr
+    buf.close()
+
+
+def test_summary_groups_failures_by_owner_and_compaction_skip_ratio():
+    o = _owner(pid=42)
+    o.lkey = 0x222
+    evs = [Event(ts=0, kind=Kind.FOLIO_FAIL, pid=1, tid=1, comm="c", reason="compaction",
+                 pfn=p, owners=[o], detail={}) for p in (5, 5, 6)]
+    evs.append(Event(ts=0, kind=Kind.FOLIO_FAIL, pid=1, tid=1, comm="c", reason="compaction",
+                     pfn=9, owners=[], detail={}))
+    evs.append(Event(ts=0, kind=Kind.ISOLATE_MIGRATE, pid=1, tid=1, comm="c", reason="",
+                     pfn=0, pfn_end=512, owners=[o],
+                     detail={"scanned": 512, "taken": 128, "pinned": 384}))
+    evs.append(Event(ts=0, kind=Kind.MIGRATE, pid=1, tid=1, comm="c", reason="compaction",
+                     detail={"succeeded": 10, "failed": 3}))
+    s = Summary()
+    for e in evs:
+        s.feed(e)
+    rows = s.failures_by_owner()
+    assert rows[0]["lkey"] == 0x222 and rows[0]["attempts"] == 3 and rows[0]["pfns"] == 2
+    assert rows[1]["owner"] == "unowned" and rows[1]["attempts"] == 1
+    (c,) = s.compaction_by_owner()
+    assert (c["blocks"], c["pinned"], c["scanned"], c["taken"]) == (1, 384, 512, 128)
+    assert c["skip_ratio"] == pytest.approx(0.75)
+    d = s.to_dict({"lost_events": 0}, {})
+    assert d["migrate_by_reason"] == {"compaction": {"succeeded": 10, "failed": 3}}
+    text = render(s, {"lost_events": 0, "pgmigrate_fail": 3}, {"x": {1: 2, 3: 4}})
+    assert "unowned" in text and "lost events: 0" in text and "0.750" in text

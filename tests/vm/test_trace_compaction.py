@@ -1,0 +1,58 @@
+"""Compaction over a large registered region: the tracer's compaction and migration totals
+equal /proc/vmstat's deltas exactly, and the pageblocks holding the MR's pinned PFNs are
+reported as scanned but not taken (compaction skips pages with extra references)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from trace_util import assert_totals_match, buffer_on_node, pfns_of
+
+import rdmapin
+from rdmapin import procfs
+from rdmapin.trace import Kind, Tracer
+from rdmapin.trace.summary import Summary
+
+pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]
+NPAGES = 32768  # 128 MiB
+
+
+def test_compact_memory_counts_match_vmstat_and_pinned_blocks_are_skipped():
+    with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
+        buf, arr = buffer_on_node(NPAGES, 0)
+        mr = pd.register(arr)
+        try:
+            pinned = pfns_of(arr)
+            with Tracer() as t:
+                v0, t0 = procfs.vmstat(), t.totals()
+                with open("/proc/sys/vm/compact_memory", "w") as f:
+                    f.write("1")
+                v1, t1 = procfs.vmstat(), t.totals()
+                events = t.events()
+            deltas = assert_totals_match(v0, v1, t0, t1)
+            assert deltas["compact_migrate_scanned"] > 0 and deltas["compact_isolated"] > 0
+            scans = [e for e in events if e.kind == Kind.ISOLATE_MIGRATE]
+            assert sum(e.detail["scanned"] for e in scans) == deltas["compact_migrate_scanned"]
+            ours = [e for e in scans if any(o.lkey == mr.lkey for o in e.owners)]
+            assert ours, "no compaction scan touched the MR's pageblocks"
+            for e in ours:
+                in_block = ((pinned >= e.pfn) & (pinned < e.pfn_end)).sum()
+                assert e.detail["pinned"] == in_block
+                assert e.detail["taken"] <= (e.pfn_end - e.pfn) - in_block
+            s = Summary()
+            for e in events:
+                s.feed(e)
+            row = next(r for r in s.compaction_by_owner() if r["lkey"] == mr.lkey)
+            assert row["pid"] == os.getpid()
+            assert row["blocks"] == len(ours)
+            assert row["pinned"] == sum(e.detail["pinned"] for e in ours)
+            assert row["scanned"] == sum(e.detail["scanned"] for e in ours)
+            assert row["taken"] == sum(e.detail["taken"] for e in ours)
+            assert row["skip_ratio"] == pytest.approx(1 - row["taken"] / row["scanned"])
+            full = [e for e in ours if e.detail["pinned"] == e.pfn_end - e.pfn]
+            assert all(e.detail["taken"] == 0 for e in full)
+        finally:
+            mr.close()
+        del arr
+        buf.close()

@@ -1,0 +1,70 @@
+"""move_pages(2) to node 1 of a registered, an mlocked and a plain region: the tracer's
+totals equal /proc/vmstat's deltas, every failed PFN is the registered region's and is
+attributed to its MR and this process; the mlocked and plain pages migrate."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from trace_util import assert_totals_match, buffer_on_node, mlock, pfns_of
+
+import rdmapin
+from rdmapin import mm, procfs
+from rdmapin.trace import Kind, Tracer
+
+pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]
+NPAGES = 64
+
+
+def test_registered_pages_fail_and_are_attributed_mlocked_and_plain_migrate():
+    with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
+        reg_buf, reg = buffer_on_node(NPAGES, 0)
+        lck_buf, lck = buffer_on_node(NPAGES, 0)
+        pln_buf, pln = buffer_on_node(NPAGES, 0)
+        mlock(lck)
+        with Tracer() as t:
+            v0, t0 = procfs.vmstat(), t.totals()
+            mr = pd.register(reg)
+            pinned = set(pfns_of(reg).tolist())
+            try:
+                st_reg = mm.move_pages(mm.page_addrs(reg.ctypes.data, len(reg)), 1)
+                st_lck = mm.move_pages(mm.page_addrs(lck.ctypes.data, len(lck)), 1)
+                st_pln = mm.move_pages(mm.page_addrs(pln.ctypes.data, len(pln)), 1)
+                v1, t1 = procfs.vmstat(), t.totals()
+                events = t.events()
+            finally:
+                mr.close()
+        deltas = assert_totals_match(v0, v1, t0, t1)
+        assert (st_reg < 0).all(), st_reg
+        assert (st_lck == 1).all() and (st_pln == 1).all()
+        assert deltas["pgmigrate_fail"] == NPAGES
+        assert deltas["pgmigrate_success"] == 2 * NPAGES
+
+        fails = [e for e in events if e.kind == Kind.FOLIO_FAIL]
+        failed_pfns = {e.pfn for e in fails}
+        assert failed_pfns == pinned  # every registered page, and nothing else
+        for e in fails:
+            assert e.reason == "syscall_or_cpuset"
+            assert e.detail["errno"] in ("EAGAIN", "EBUSY")
+            assert e.detail["pincount"] >= 1
+            (o,) = e.owners
+            assert (o.pid, o.addr, o.length) == (os.getpid(), reg.ctypes.data, len(reg))
+            assert o.lkey == mr.lkey and o.device == "rxe0"
+        # The umem the ledger saw is the MR's: its size is what VmPin was charged.
+        gets = [e for e in events if e.kind == Kind.UMEM_GET]
+        assert [e.detail["length"] for e in gets] == [len(reg)]
+        assert t1["umem_bytes"] - t0["umem_bytes"] == len(reg)
+
+        migrates = [e for e in events if e.kind == Kind.MIGRATE and e.pid == os.getpid()]
+        failed_calls = [e for e in migrates if e.detail["failed"]]
+        assert sum(e.detail["failed"] for e in failed_calls) == NPAGES
+        assert all(e.owners and e.owners[0].lkey == mr.lkey for e in failed_calls)
+        assert sum(e.detail["succeeded"] for e in migrates) == 2 * NPAGES
+        moved = np.concatenate([pfns_of(lck), pfns_of(pln)])
+        assert not set(moved.tolist()) & failed_pfns
+        del reg, lck, pln
+        reg_buf.close()
+        lck_buf.close()
+        pln_buf.close()

@@ -1,0 +1,60 @@
+"""Shared pieces of the tracer's VM tests: buffers on a chosen node, the vmstat agreement
+check, and the environment guard for tests that need special guest boot options."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+import numpy as np
+import pytest
+
+from rdmapin import mm
+from rdmapin.pages import pagemap
+from rdmapin.trace.events import VMSTAT_KEYS
+
+PAGE = mm.PAGE_SIZE
+STRICT = os.environ.get("RDMAPIN_STRICT") == "1"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def require(missing: str | None, boot: str) -> None:
+    """Fail (strict, in the VM) or skip when the guest lacks what this file needs."""
+    if missing is None:
+        return
+    msg = f"needs a guest booted with `ci/vm/run {boot}`: {missing}"
+    if STRICT:
+        pytest.fail(msg + " (RDMAPIN_STRICT=1: failing, not skipping)", pytrace=False)
+    pytest.skip(msg)
+
+
+def buffer_on_node(npages: int, node: int) -> tuple[mmap.mmap, np.ndarray]:
+    """Anonymous memory bound to ``node`` with every page faulted in."""
+    buf = mmap.mmap(-1, npages * PAGE)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    mm.mbind(arr.ctypes.data, len(arr), node)
+    arr[::PAGE] = 1
+    return buf, arr
+
+
+def mlock(arr: np.ndarray) -> None:
+    if _libc.mlock(ctypes.c_void_p(arr.ctypes.data), ctypes.c_size_t(len(arr))) != 0:
+        raise OSError(ctypes.get_errno(), "mlock")
+
+
+def pfns_of(arr: np.ndarray, pid: int | str = "self") -> np.ndarray:
+    return pagemap.pfns(pagemap.read(pid, arr.ctypes.data, len(arr)))
+
+
+def assert_totals_match(v0: dict, v1: dict, t0: dict, t1: dict) -> dict[str, int]:
+    """Every vmstat-named tracer total moved exactly as /proc/vmstat did."""
+    deltas = {}
+    for k in VMSTAT_KEYS:
+        if k not in v0:
+            continue
+        vm, tr = v1[k] - v0[k], t1[k] - t0[k]
+        assert tr == vm, f"{k}: tracer {tr} != /proc/vmstat {vm}"
+        deltas[k] = vm
+    assert t1["lost_events"] == 0, f"{t1['lost_events']} events lost"
+    return deltas
