@@ -55,6 +55,9 @@ def plot(ops: list[bench.PerOp], rows: list[bench.Bulk], path: Path) -> None:
             got = next(r.backing for r in rows if r.pages == kind and r.backing)
             left.plot(*zip(*pts, strict=True), marker="o", label=f"{kind} (got {got})")
     left.set_xscale("log", base=2)
+    sizes = sorted({r.size >> 20 for r in rows})
+    if sizes:
+        left.set_xticks(sizes, [str(s) for s in sizes])
     left.set_xlabel("region size (MiB)")
     left.set_ylabel("ibv_reg_mr cost (us per MiB)")
     left.set_title("Registration cost by backing")
