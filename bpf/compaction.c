@@ -10,7 +10,11 @@
  *   HAVE_COMPACTION_DEFERRED, RP_EMIT_FREE_SCANS (stream free-side scans too, not just count).
  */
 #include "rdmapin_events.h"
-#include <linux/mmzone.h>	/* enum zone_type in the finished/deferred structs */
+
+/* The finished/deferred tracepoint structs bcc generates name `enum zone_type`; its
+ * definition lives in linux/mmzone.h, far too heavy to compile in a guest for one 4-byte
+ * field. A complete enum of the same size stands in (the values come from the format file). */
+enum zone_type { RP_ZONE_TYPE_PLACEHOLDER };
 
 BPF_HASH(rp_compact_inflight, u32, u64, RP_TID_SLOTS);
 BPF_HISTOGRAM(rp_compact_lat_us, int, 64);

@@ -4,14 +4,10 @@
  *         kprobe ib_umem_release(umem); kprobes pin_user_pages_fast and pin_user_pages_remote
  *         with FOLL_LONGTERM set, outside ib_umem_get (io_uring fixed buffers, VFIO, ...).
  * -D parameters: HAVE_UMEM (ib_umem_get/release attachable), HAVE_PIN_FAST, HAVE_PIN_REMOTE
- *   (attach only), RP_FOLL_LONGTERM (the flag's value; from the headers when not given).
+ *   (attach only), RP_FOLL_LONGTERM (the flag's value, from BTF or the kernel's mm.h; it
+ *   moved from a #define to an enum after 6.1).
  */
 #include "rdmapin_events.h"
-#include <linux/mm.h>
-
-#ifndef RP_FOLL_LONGTERM
-#define RP_FOLL_LONGTERM FOLL_LONGTERM
-#endif
 
 struct rp_umem_call {
 	u64 addr;

@@ -10,8 +10,10 @@
 #ifndef RDMAPIN_EVENTS_H
 #define RDMAPIN_EVENTS_H
 
-#include <uapi/linux/ptrace.h>
-#include <linux/sched.h>
+#include <uapi/linux/ptrace.h>	/* struct pt_regs; kept small: big headers cost minutes to
+				 * compile in a TCG guest (linux/sched.h alone ~4x the program) */
+
+#define RP_COMM_LEN 16	/* TASK_COMM_LEN, the size bpf_get_current_comm() fills */
 
 #ifndef RP_RINGBUF_PAGES
 #define RP_RINGBUF_PAGES 1024
@@ -42,7 +44,7 @@ struct rp_event {
 	u64 ts_ns;
 	u32 pid;	/* tgid of the task the kernel ran this in */
 	u32 tid;
-	char comm[TASK_COMM_LEN];
+	char comm[RP_COMM_LEN];
 	u32 kind;	/* enum rp_kind */
 	s32 reason;	/* migrate reason (enum names from the format file), -1 when unknown */
 	s32 ret;	/* status / -errno, kind-specific */

@@ -197,6 +197,29 @@ def _headers(feat: Features) -> None:
     feat.headers = "none"
 
 
+def _foll_longterm(feat: Features) -> int | None:
+    """FOLL_LONGTERM's value: an enum in BTF on newer kernels, a #define in mm.h on 6.1."""
+    b = _btf.vmlinux()
+    if b is not None and "FOLL_LONGTERM" in b.enums:
+        return b.enums["FOLL_LONGTERM"]
+    build = Path(f"/lib/modules/{os.uname().release}/build")
+    for p in (build / "include/linux/mm.h", build / "include/linux/mm_types.h",
+              build.parent / "source/include/linux/mm.h"):
+        try:
+            m = re.search(r"#define\s+FOLL_LONGTERM\s+(0x[0-9a-fA-F]+|\d+)", p.read_text())
+        except OSError:
+            continue
+        if m:
+            return int(m.group(1), 0)
+    # Debian splits headers: build/ has generated files, the -common tree has include/linux
+    for p in sorted(Path("/usr/src").glob("linux-headers-*-common/include/linux/mm.h")):
+        if os.uname().release.rsplit("-", 1)[0] in str(p):
+            m = re.search(r"#define\s+FOLL_LONGTERM\s+(0x[0-9a-fA-F]+|\d+)", p.read_text())
+            if m:
+                return int(m.group(1), 0)
+    return None
+
+
 def _folio_layout(feat: Features) -> str | None:
     """-D values for reading a struct folio by offset; returns why not, or None."""
     b = _btf.vmlinux()
@@ -282,6 +305,14 @@ def probe() -> Features:
             feat.available.pop("folio_fail")
             feat.defines.pop("HAVE_MOVE_TO_NEW_FOLIO", None)
             feat.missing["folio_fail"] = why
+    if feat.has("pin_fast") or feat.has("pin_remote"):
+        foll = _foll_longterm(feat)
+        if foll is None:
+            for name in ("pin_fast", "pin_remote"):
+                if feat.available.pop(name, None):
+                    feat.missing[name] = "FOLL_LONGTERM's value not found (BTF or mm.h)"
+        else:
+            feat.defines["RP_FOLL_LONGTERM"] = hex(foll)
     # BPF ring buffers arrived in 5.8; probe for the helper rather than the version.
     feat.ringbuf = bool(_kallsyms(("bpf_ringbuf_output",)))
     if feat.headers == "none":

@@ -58,7 +58,8 @@ def test_every_probe_compiles_and_kprobe_programs_pass_the_verifier(monkeypatch)
                          "RP_PAGE_MAPCOUNT_OFF": "48", "RP_PG_HEAD": "6",
                          "RP_FOLIO_ORDER_OFF": "64", "RP_FOLIO_ORDER_MASK": "0xff",
                          "RP_FOLIO_PINCOUNT_OFF": "92",
-                         "RP_VMEMMAP_START": "0xffffea0000000000UL"})
+                         "RP_VMEMMAP_START": "0xffffea0000000000UL",
+                         "RP_FOLL_LONGTERM": "0x10000"})
     for name in ("folio_fail", "umem", "pin_fast"):
         feat.available[name] = name
     files = loader.select_files(feat)
