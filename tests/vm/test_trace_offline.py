@@ -1,0 +1,115 @@
+"""Memory offline of the block holding an MR's pages fails while the MR lives: the tracer
+reports the migration failures (reason memory_hotplug) and the busy isolation, names the MR,
+and its totals equal /proc/vmstat's deltas. After the MR is closed the same offline succeeds.
+
+Needs a hot-plugged DIMM as node 1:
+`ci/vm/run --dimm 512M -- pytest tests/vm/test_trace_offline.py`.
+The DIMM's first block holds kernel data, so a filler bound to node 1 takes it first and the
+MR lands in a clean, offlinable block (VM-NOTES). The kernel retries offlining a pinned block
+until a signal arrives, so each attempt runs in a child that is interrupted after a bound.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from trace_util import PAGE, assert_totals_match, buffer_on_node, pfns_of, require
+
+import rdmapin
+from rdmapin import procfs
+from rdmapin.pages import zones
+from rdmapin.trace import Kind, Tracer
+
+pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]
+MEMORY = Path("/sys/devices/system/memory")
+FILLER_PAGES = 200 * 2**20 // PAGE
+MR_PAGES = 512
+ATTEMPT_S = 2.0
+
+
+def _dimm_missing() -> str | None:
+    node1 = Path("/sys/devices/system/node/node1")
+    if not node1.exists():
+        return "no NUMA node 1"
+    blocks = list(node1.glob("memory[0-9]*"))
+    if not blocks:
+        return "node 1 has no memory blocks"
+    if not any((p / "removable").exists() and (p / "removable").read_text().strip() == "1"
+               for p in blocks):
+        return "node 1 has no removable (hot-plugged) memory block"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _dimm():
+    require(_dimm_missing(), "--dimm 512M")
+
+
+def _offline(block: int, timeout: float) -> tuple[int | None, str]:
+    """Try to offline ``block``; interrupt after ``timeout`` s. (exit status, state after)."""
+    state = MEMORY / f"memory{block}" / "state"
+    child = subprocess.Popen(["sh", "-c", f"echo offline > {state}"],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        rc = child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGINT)
+        try:
+            rc = child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            rc = child.wait()
+        rc = None if rc == 0 else rc
+    return rc, state.read_text().strip()
+
+
+def test_offlining_a_pinned_block_fails_naming_the_mr_and_succeeds_after_close():
+    filler_buf, filler = buffer_on_node(FILLER_PAGES, 1)
+    buf, arr = buffer_on_node(MR_PAGES, 1)
+    block_pages = zones.block_pages()
+    with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
+        mr = pd.register(arr)
+        closed = False
+        try:
+            pfns = pfns_of(arr)
+            block, held = Counter((pfns // block_pages).tolist()).most_common(1)[0]
+            assert held > 0
+            with Tracer() as t:
+                v0, t0 = procfs.vmstat(), t.totals()
+                rc, state = _offline(block, ATTEMPT_S)
+                v1, t1 = procfs.vmstat(), t.totals()
+                events = t.events()
+            assert state == "online" and rc != 0
+            deltas = assert_totals_match(v0, v1, t0, t1)
+            assert deltas["pgmigrate_fail"] > 0
+
+            fails = [e for e in events if e.kind == Kind.FOLIO_FAIL]
+            assert fails and {e.reason for e in fails} == {"memory_hotplug"}
+            ours = [e for e in fails if e.owners and e.owners[0].lkey == mr.lkey]
+            assert ours, "no failure attributed to the MR"
+            assert {e.pfn for e in ours} <= set(pfns.tolist())
+            assert all(e.owners[0].pid == os.getpid() for e in ours)
+            migrates = [e for e in events if e.kind == Kind.MIGRATE
+                        and e.reason == "memory_hotplug" and e.detail["failed"]]
+            assert sum(e.detail["failed"] for e in migrates) == deltas["pgmigrate_fail"]
+            assert any(o.lkey == mr.lkey for e in migrates for o in e.owners)
+            first, last = block * block_pages, (block + 1) * block_pages
+            busy = [e for e in events if e.kind == Kind.ISOLATION_TEST and e.detail["busy"]]
+            for e in busy:
+                assert first <= e.pfn and e.pfn_end <= last
+            mr.close()
+            closed = True
+            rc, state = _offline(block, 60.0)
+            assert rc == 0 and state == "offline"
+            (MEMORY / f"memory{block}" / "state").write_text("online_movable")
+        finally:
+            if not closed:
+                mr.close()
+    del arr, filler
+    buf.close()
+    filler_buf.close()
