@@ -16,16 +16,27 @@ from rdmapin import procfs
 from rdmapin.errors import RdmapinError
 from rdmapin.pages import inspect as inspect_region
 from rdmapin.pages import rdma_res, reconcile
-from rdmapin.pages.render import human
 
 EXAMPLES = """examples:
   rdmapin inspect              # every process with VmPin > 0 or an MR
   rdmapin inspect 4242 4243    # these processes
   rdmapin inspect -j           # JSON lines: pid, comm, vm_pin, vm_lck, mrs, backing ...
+
+A backing of "?" (JSON null): the kernel did not give the MRs' addresses (Linux 6.1's
+resource tracking reports length and keys only), so their pages cannot be looked up.
 """
 
-COLS = (("PID", 7), ("COMM", 15), ("PINNED", 10), ("LOCKED", 10), ("MRS", 4),
-        ("MR-BYTES", 10), ("4K", 9), ("THP", 9), ("HUGETLB", 9), ("OTHER", 9), ("OK", 3))
+COLS = (("PID", 6), ("COMM", 10), ("PINNED", 7), ("LOCKED", 7), ("MRS", 4),
+        ("MR-BYTES", 8), ("4K", 6), ("THP", 6), ("HUGETLB", 7), ("OTHER", 5), ("OK", 3))
+
+
+def short(nbytes: int) -> str:
+    """Bytes in at most 6 characters, binary units: 0, 512K, 1.5G, 24G."""
+    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if nbytes >= size:
+            v = nbytes / size
+            return f"{v:.0f}{unit}" if v >= 10 or v == int(v) else f"{v:.1f}{unit}"
+    return str(nbytes)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "with pinned memory or MRs)")
     p.add_argument("-j", "--json", action="store_true", help="JSON lines with stable keys")
     p.set_defaults(func=run)
+    # Units: PINNED (VmPin), LOCKED (VmLck), MR-BYTES and the backing columns are bytes
+    # with binary suffixes (K, M, G); OK says VmPin equals the MRs' charge.
 
 
 def _candidates() -> list[int]:
@@ -54,10 +67,10 @@ def _candidates() -> list[int]:
 
 def row(pid: int) -> dict:
     rec = reconcile(pid)
-    backing = {"4k": 0, "thp": 0, "hugetlb": 0, "other": 0}
-    for mr in rec.mrs:
-        if mr.addr is None:
-            continue
+    backing: dict[str, int] | None = {"4k": 0, "thp": 0, "hugetlb": 0, "other": 0}
+    if any(mr.addr is None for mr in rec.mrs):
+        backing = None  # the kernel (6.1) does not say where another process's MRs are
+    for mr in rec.mrs if backing is not None else ():
         try:
             rep = inspect_region(mr.addr, mr.length, pid=pid)
         except RdmapinError:
@@ -89,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
             out.write(json.dumps(r, sort_keys=True) + "\n")
             continue
         b = r["backing"]
-        vals = (r["pid"], r["comm"][:15], human(r["vm_pin"]), human(r["vm_lck"]), r["mrs"],
-                human(r["mr_bytes"]), human(b["4k"]), human(b["thp"]), human(b["hugetlb"]),
-                human(b["other"]), "yes" if r["agrees"] else "NO")
+        cols = [short(b[k]) if b else "?" for k in ("4k", "thp", "hugetlb", "other")]
+        vals = (r["pid"], r["comm"][:10], short(r["vm_pin"]), short(r["vm_lck"]), r["mrs"],
+                short(r["mr_bytes"]), *cols, "yes" if r["agrees"] else "NO")
         out.write(" ".join(f"{v:<{w}}" if h == "COMM" else f"{v!s:>{w}}"
                            for (h, w), v in zip(COLS, vals, strict=True)).rstrip() + "\n")
     if not pids and not args.json:
