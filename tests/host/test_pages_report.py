@@ -87,6 +87,15 @@ def test_thp_matches_anonhugepages():
             assert d.layout_max_page_size >= HUGE_2M
             assert d.best_page_size == HUGE_2M and d.best_blocks == buf.length // HUGE_2M
             assert {c.page_size: c.blocks for c in d.per_size}[HUGE_2M] == 8
+            # A range cutting two folios in half: both are still seen whole (2 MiB each).
+            cut = pages.inspect(buf.addr + HUGE_2M // 2, HUGE_2M)
+            assert cut.folio_sizes == {HUGE_2M: 2}
+            assert cut.backing_folios["thp_2m"] == 2
+            assert cut.backing_pages["thp_2m"] == HUGE_2M // PAGE
+            # VA and PA share the 1 MiB offset into each folio, and the only break in
+            # physical contiguity is at a 2M-aligned VA: 2M pages fit, as 2 blocks.
+            assert cut.descriptors.best_page_size == HUGE_2M
+            assert cut.descriptors.best_blocks == 2
 
 
 def test_zero_page_is_not_rss():
