@@ -1,7 +1,11 @@
 """Just enough of the kernel's BTF (/sys/kernel/btf/vmlinux) to find struct member offsets and
-enum values by name: the struct page / folio layout the folio-failure probe reads, and the
-PG_head bit. Layouts move between kernels (6.1 keeps ``_folio_order`` as a byte of struct folio;
-later kernels fold the order into ``_flags_1``), so they are looked up, never assumed.
+enum values by name: the struct page / folio layout the folio-failure probe reads, the
+PG_head bit, FOLL_LONGTERM. Layouts move between kernels (6.1 keeps ``_folio_order`` as a
+byte of struct folio; later kernels fold the order into ``_flags_1``), so they are looked
+up, never assumed.
+
+The walk over ~100k types decodes only the names asked for (compared as string-table
+offsets), because in a TCG guest a full decode takes tens of seconds.
 """
 
 from __future__ import annotations
@@ -12,67 +16,85 @@ from pathlib import Path
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 
-# BTF kinds (include/uapi/linux/btf.h) and the size of their trailing data.
+# BTF kinds (include/uapi/linux/btf.h)
 _INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
-_FUNC_PROTO, _VAR, _DATASEC, _DECL_TAG, _ENUM64 = 13, 14, 15, 17, 19
+_VOLATILE, _CONST, _RESTRICT, _FUNC, _FUNC_PROTO, _VAR, _DATASEC = 9, 10, 11, 12, 13, 14, 15
+_FLOAT, _DECL_TAG, _TYPE_TAG, _ENUM64 = 16, 17, 18, 19
+_MODIFIERS = (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG)
+_TAIL = {_INT: 4, _VAR: 4, _DECL_TAG: 4, _ARRAY: 12}       # fixed trailing bytes
+_PER_MEMBER = {_STRUCT: 12, _UNION: 12, _ENUM: 8, _FUNC_PROTO: 8, _DATASEC: 12, _ENUM64: 12}
+
+STRUCTS = ("page", "folio")
+ENUMS = ("PG_head", "FOLL_LONGTERM")
 
 
 class Btf:
-    """Structs, unions and enums of one BTF blob, indexed by name."""
+    """Sizes and member offsets of the named structs; values of the named enumerators."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, structs: tuple[str, ...] = STRUCTS,
+                 enums: tuple[str, ...] = ENUMS) -> None:
         magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
             "<HBBIIIII", data, 0)
         if magic != 0xEB9F:
             raise ValueError("not BTF (bad magic)")
-        types = data[hdr_len + type_off: hdr_len + type_off + type_len]
+        t0 = hdr_len + type_off
+        types = memoryview(data)[t0: t0 + type_len]
         self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
-        # id -> (kind, name, size, members [(name, type_id, bit_offset)])
-        self._types: list[tuple[int, str, int, list[tuple[str, int, int]]]] = [(0, "", 0, [])]
+        want_struct = {self._offset_of(n): n for n in structs}
+        want_enum = {self._offset_of(n): n for n in enums}
+        want_struct.pop(None, None)
+        want_enum.pop(None, None)
+        # every type's (kind, size/type, record position): needed to follow member types
+        self._kind: list[int] = [0]
+        self._size: list[int] = [0]
+        self._pos: list[int] = [0]
+        self._types = types
         self.structs: dict[str, int] = {}
         self.enums: dict[str, int] = {}
-        pos = 0
-        while pos < len(types):
-            name_off, info, size = struct.unpack_from("<III", types, pos)
-            pos += 12
-            kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
-            name = self._str(name_off)
-            members: list[tuple[str, int, int]] = []
-            if kind in (_STRUCT, _UNION):
-                for _ in range(vlen):
-                    m_name, m_type, m_off = struct.unpack_from("<III", types, pos)
-                    pos += 12
-                    members.append((self._str(m_name), m_type,
-                                    m_off & 0xFFFFFF if kflag else m_off))
-                if name and name not in self.structs:
-                    self.structs[name] = len(self._types)
-            elif kind == _ENUM:
-                for _ in range(vlen):
-                    e_name, e_val = struct.unpack_from("<Ii", types, pos)
-                    pos += 8
-                    self.enums[self._str(e_name)] = e_val
-            elif kind == _ENUM64:
-                for _ in range(vlen):
-                    e_name, lo, hi = struct.unpack_from("<III", types, pos)
-                    pos += 12
-                    self.enums[self._str(e_name)] = lo | hi << 32
-            elif kind in (_INT, _VAR, _DECL_TAG):
-                pos += 4
-            elif kind == _ARRAY:
-                pos += 12
-            elif kind == _FUNC_PROTO:
-                pos += 8 * vlen
-            elif kind == _DATASEC:
-                pos += 12 * vlen
-            self._types.append((kind, name, size, members))
+        unpack = struct.Struct("<III").unpack_from
+        pos, end = 0, len(types)
+        while pos < end:
+            name_off, info, size = unpack(types, pos)
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            self._kind.append(kind)
+            self._size.append(size)
+            self._pos.append(pos)
+            if kind in (_STRUCT, _UNION) and name_off in want_struct:
+                self.structs.setdefault(want_struct[name_off], len(self._kind) - 1)
+            elif kind in (_ENUM, _ENUM64) and want_enum:
+                step = 8 if kind == _ENUM else 12
+                for i in range(vlen):
+                    e_name, lo = struct.unpack_from("<Ii", types, pos + 12 + i * step)
+                    if e_name in want_enum:
+                        if kind == _ENUM64:
+                            lo &= 0xFFFFFFFF
+                            lo |= struct.unpack_from("<I", types, pos + 20 + i * step)[0] << 32
+                        self.enums.setdefault(want_enum[e_name], lo)
+            pos += 12 + _TAIL.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
+
+    def _offset_of(self, name: str) -> int | None:
+        needle = b"\0" + name.encode() + b"\0"
+        i = self._strings.find(needle)
+        return None if i < 0 else i + 1
 
     def _str(self, off: int) -> str:
         end = self._strings.index(b"\0", off)
         return self._strings[off:end].decode()
 
+    def _members(self, tid: int) -> list[tuple[str, int, int]]:
+        pos = self._pos[tid]
+        info = struct.unpack_from("<I", self._types, pos + 4)[0]
+        kflag = info >> 31
+        out = []
+        for i in range(info & 0xFFFF):
+            m_name, m_type, m_off = struct.unpack_from("<III", self._types, pos + 12 + 12 * i)
+            out.append((self._str(m_name) if m_name else "", m_type,
+                        m_off & 0xFFFFFF if kflag else m_off))
+        return out
+
     def sizeof(self, struct_name: str) -> int | None:
         tid = self.structs.get(struct_name)
-        return None if tid is None else self._types[tid][2]
+        return None if tid is None else self._size[tid]
 
     def offsetof(self, struct_name: str, member: str) -> int | None:
         """Byte offset of ``member`` in ``struct_name``, looking through anonymous
@@ -84,7 +106,7 @@ class Btf:
         return None if bits is None else bits // 8
 
     def _find(self, tid: int, member: str, base: int) -> int | None:
-        for name, m_type, bit_off in self._types[tid][3]:
+        for name, m_type, bit_off in self._members(tid):
             if name == member:
                 return base + bit_off
             if not name:
@@ -98,13 +120,12 @@ class Btf:
     def _resolve(self, tid: int) -> int | None:
         """Follow typedef/const/volatile to a struct or union id."""
         for _ in range(16):
-            kind = self._types[tid][0]
+            kind = self._kind[tid]
             if kind in (_STRUCT, _UNION):
                 return tid
-            if kind in (_TYPEDEF, 9, 10, 11, 18):
-                tid = self._types[tid][2]  # modifiers keep the target in the size/type slot
-                continue
-            return None
+            if kind not in _MODIFIERS:
+                return None
+            tid = self._size[tid]  # modifiers keep their target in the size/type slot
         return None
 
 

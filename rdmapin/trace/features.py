@@ -142,31 +142,43 @@ def _read_format(root: Path, tp: str) -> TracepointFormat | None:
 
 def _functions(root: Path, wanted: set[str]) -> set[str]:
     """Which of ``wanted`` are in available_filter_functions (kprobe-able, not inlined)."""
+    want = {w.encode() for w in wanted}
     found: set[str] = set()
     try:
         with open(root / "available_filter_functions", "rb") as f:
             for line in f:
-                name = line.split(b" ", 1)[0].strip().decode(errors="replace")
-                if name in wanted:
-                    found.add(name)
+                name = line.split(None, 1)[0] if line.strip() else b""
+                if name in want:
+                    found.add(name.decode())
     except OSError:
         pass
     return found
 
 
+KALLSYMS = ("vmemmap_base", "bpf_ringbuf_output")
+
+
 @functools.cache
-def _kallsyms(names: tuple[str, ...]) -> dict[str, int]:
+def _all_kallsyms() -> dict[str, int]:
+    """Addresses of the few symbols rdmapin needs, in one pass over /proc/kallsyms."""
+    wanted = {n.encode() for n in KALLSYMS}
     out: dict[str, int] = {}
     try:
-        with open("/proc/kallsyms") as f:
+        with open("/proc/kallsyms", "rb") as f:
             for line in f:
-                addr, _, rest = line.partition(" ")
-                name = rest[2:].split()[0] if len(rest) > 2 else ""
-                if name in names and name not in out and int(addr, 16):
-                    out[name] = int(addr, 16)
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in wanted and parts[2].decode() not in out:
+                    addr = int(parts[0], 16)
+                    if addr:
+                        out[parts[2].decode()] = addr
     except OSError:
         pass
     return out
+
+
+def _kallsyms(names: tuple[str, ...]) -> dict[str, int]:
+    syms = _all_kallsyms()
+    return {n: syms[n] for n in names if n in syms}
 
 
 def _headers(feat: Features) -> None:

@@ -117,6 +117,7 @@ class Tracer:
             self._thread = None
         self._final_totals = self._read_totals()
         self._final_hists = self._read_hists()
+        self.poll(0)  # what arrived while the totals were read
         self.program.close()
         self.program = None
 

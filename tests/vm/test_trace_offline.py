@@ -106,7 +106,7 @@ def test_offlining_a_pinned_block_fails_naming_the_mr_and_succeeds_after_close()
             closed = True
             rc, state = _offline(block, 60.0)
             assert rc == 0 and state == "offline"
-            (MEMORY / f"memory{block}" / "state").write_text("online_movable")
+            (MEMORY / f"memory{block}" / "state").write_text("online")
         finally:
             if not closed:
                 mr.close()
