@@ -133,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
             prometheus.stop(exporter)
         tracer.stop()
     _final(args, tracer, printer)
+    lost = tracer.totals().get("lost_events", 0)
+    if lost:
+        print(f"rdmapin: trace: {lost} events lost (the buffer was full); totals are exact, "
+              "the event list is not", file=sys.stderr)
     return 0
 
 

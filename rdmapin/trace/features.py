@@ -83,8 +83,11 @@ def parse_format(text: str) -> TracepointFormat:
 
 def tracefs() -> Path | None:
     for p in TRACEFS_CANDIDATES:
-        if (p / "events").is_dir():
-            return p
+        try:
+            if (p / "events").is_dir():
+                return p
+        except PermissionError:  # not root: the caller says so
+            return None
     return None
 
 
@@ -268,7 +271,11 @@ def probe() -> Features:
     root = tracefs()
     feat = Features(tracefs=root)
     if root is None:
-        feat.missing["all"] = "tracefs not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
+        if os.geteuid() != 0:
+            feat.missing["all"] = "tracing needs root (tracefs is not readable)"
+        else:
+            feat.missing["all"] = ("tracefs not mounted "
+                                   "(mount -t tracefs tracefs /sys/kernel/tracing)")
         return feat
     _headers(feat)
     for name, tp, define, needed in TRACEPOINTS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -88,3 +89,16 @@ def test_cli_runs_the_subset_and_says_what_is_missing_in_one_line():
     assert lines[-1]["summary"] == "summary"
     assert set(VMSTAT_KEYS) <= set(lines[-1]["totals"])
     assert lines[-1]["totals"]["lost_events"] == 0
+
+
+def test_cli_without_privileges_says_why_in_one_line():
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root to drop to nobody with setpriv")
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           sys.executable, "-m", "rdmapin", "trace", "-d", "1"],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("rdmapin: error: ") and "root" in line
