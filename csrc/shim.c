@@ -2,6 +2,7 @@
  * Conventions in shim.h: ints are 0/count or -errno; pointers are NULL with errno saved at
  * the failing call in a thread-local (rdmapin_errno()). */
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,14 +210,23 @@ uint32_t rdmapin_pd_handle(struct ibv_pd *pd)
 	return pd->handle;
 }
 
-/* Wrap a fresh ibv_mr for Python; on malloc failure undo the registration. */
+static pthread_mutex_t free_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct rdmapin_mr *free_mrs;
+
+/* Wrap a fresh ibv_mr for Python; if no wrapper can be had, undo the registration. */
 static struct rdmapin_mr *wrap_mr(struct ibv_mr *mr)
 {
 	struct rdmapin_mr *m;
 
 	if (!mr)
 		return fail_null(errno);
-	m = malloc(sizeof(*m));
+	pthread_mutex_lock(&free_lock);
+	m = free_mrs;
+	if (m)
+		free_mrs = m->next_free;
+	pthread_mutex_unlock(&free_lock);
+	if (!m)
+		m = malloc(sizeof(*m));
 	if (!m) {
 		ibv_dereg_mr(mr);
 		return fail_null(ENOMEM);
@@ -227,14 +237,25 @@ static struct rdmapin_mr *wrap_mr(struct ibv_mr *mr)
 	m->rkey = mr->rkey;
 	m->handle = mr->handle;
 	m->mr = mr;
+	m->next_free = NULL;
 	return m;
 }
 
 struct rdmapin_mr *rdmapin_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access)
 {
-	/* The real symbol, not the inline dispatcher: access is not a compile-time constant
-	 * here; optional-range flags go through rdmapin_reg_mr_iova2 (the Python side routes). */
+	if (!length)
+		return fail_null(EINVAL);
+	/* The real symbol, not the inline dispatcher (access is not a compile-time constant
+	 * here); optional-range flags need ibv_reg_mr_iova2, as in the dispatcher. */
+	if (access & IBV_ACCESS_OPTIONAL_RANGE)
+		return wrap_mr(ibv_reg_mr_iova2(pd, addr, length, (uintptr_t)addr, access));
 	return wrap_mr((ibv_reg_mr)(pd, addr, length, access));
+}
+
+struct rdmapin_mr *rdmapin_reg_mr_at(struct ibv_pd *pd, uint64_t addr, size_t length,
+				     int access)
+{
+	return rdmapin_reg_mr(pd, (void *)(uintptr_t)addr, length, access);
 }
 
 struct rdmapin_mr *rdmapin_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length,
@@ -255,7 +276,11 @@ int rdmapin_dereg_mr(struct rdmapin_mr *m)
 
 	if (rc)
 		return -rc;
-	free(m);
+	m->mr = NULL;
+	pthread_mutex_lock(&free_lock);
+	m->next_free = free_mrs;
+	free_mrs = m;
+	pthread_mutex_unlock(&free_lock);
 	return 0;
 }
 

@@ -17,8 +17,9 @@ struct ibv_pd;
 struct ibv_mr;
 
 /* One registration as Python sees it: the keys and range as plain integers, read straight
- * from this struct after the one reg call (no casts, no second call). Owned by the shim:
- * rdmapin_dereg_mr frees it. */
+ * from this struct (no casts, no second call). Owned by the shim and never returned to
+ * malloc: rdmapin_dereg_mr puts it on a free list that the next registration reuses, so a
+ * reader racing with close (the registry) reads stale numbers, never freed memory. */
 struct rdmapin_mr {
 	uint64_t addr;
 	uint64_t length;
@@ -26,6 +27,7 @@ struct rdmapin_mr {
 	uint32_t rkey;
 	uint32_t handle;
 	struct ibv_mr *mr;
+	struct rdmapin_mr *next_free;
 };
 
 /* errno saved by the last failing pointer-returning shim call in this thread. */
@@ -100,13 +102,18 @@ int rdmapin_dealloc_pd(struct ibv_pd *pd);
 int rdmapin_pd_device_name(struct ibv_pd *pd, char *buf, size_t len);
 uint32_t rdmapin_pd_handle(struct ibv_pd *pd);
 
-/* The hot path: one call, the MR pointer back (keys are read from it), NULL + errno. */
+/* The hot path: one call, the MR back (keys are read from it), NULL + errno. Zero length
+ * fails with EINVAL here; IBV_ACCESS_OPTIONAL_RANGE flags go through ibv_reg_mr_iova2 as
+ * libibverbs' own inline ibv_reg_mr would. _at takes the address as an integer. */
 struct rdmapin_mr *rdmapin_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access);
+struct rdmapin_mr *rdmapin_reg_mr_at(struct ibv_pd *pd, uint64_t addr, size_t length,
+				     int access);
 struct rdmapin_mr *rdmapin_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length,
 					uint64_t iova, unsigned int access);
 struct rdmapin_mr *rdmapin_reg_dmabuf_mr(struct ibv_pd *pd, uint64_t offset, size_t length,
 					 uint64_t iova, int fd, int access);
-/* ibv_dereg_mr; on success the rdmapin_mr is freed too. 0 or -errno (then nothing changed). */
+/* ibv_dereg_mr; on success the rdmapin_mr goes back to the free list. 0 or -errno (then
+ * nothing changed). */
 int rdmapin_dereg_mr(struct rdmapin_mr *m);
 /* Returns 0 or -errno and refreshes m's fields; *rereg_err gets ibv_rereg_mr's own
  * IBV_REREG_MR_ERR_* code. */

@@ -18,6 +18,7 @@ MAX_DEVICES = 64
 
 # Hot path, used as is by rdmapin.mr.
 reg_mr = lib.rdmapin_reg_mr
+reg_mr_at = lib.rdmapin_reg_mr_at
 reg_mr_iova2 = lib.rdmapin_reg_mr_iova2
 dereg_mr = lib.rdmapin_dereg_mr
 errno = lib.rdmapin_errno

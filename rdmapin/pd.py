@@ -8,24 +8,25 @@ it, so pyverbs QPs can use rdmapin MRs.
 from __future__ import annotations
 
 import errno as _errno
+import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from rdmapin import _lib, explain, registry
-from rdmapin.access import OPTIONAL_RANGE, WRITABLE, Access, describe
+from rdmapin.access import WRITABLE, Access, describe
 from rdmapin.errors import BufferTypeError, ClosedError
-from rdmapin.mr import MemoryRegion
+from rdmapin.mr import MemoryRegion, _collected, _Ref
 
 if TYPE_CHECKING:
     from rdmapin.device import Device
 
 _reg = _lib.reg_mr
+_reg_at = _lib.reg_mr_at
 _from_buffer = _lib.from_buffer
 _release = _lib.release
 _errno_of_call = _lib.errno
 _wrap = MemoryRegion._new
 _object_new = object.__new__
-_ref = weakref.ref
 _live_pds: weakref.WeakSet[ProtectionDomain] = weakref.WeakSet()
 
 
@@ -35,8 +36,9 @@ def _live_records() -> list[registry.MrRecord]:
     for pd in list(_live_pds):
         for ref in list(pd._mrs.values()):
             mr = ref()
-            if mr is not None and mr._m is not None:
-                out.append(mr.record())
+            rec = mr.record() if mr is not None else None
+            if rec is not None:
+                out.append(rec)
     return out
 
 
@@ -52,22 +54,21 @@ class ProtectionDomain:
         self._pd = pd
         self._owner = owner  # the pyverbs PD we borrowed pd from (kept alive), else None
         self._device = device_name or _lib.pd_device_name(pd)
-        self._mrs: dict[int, weakref.ref[MemoryRegion]] = {}
+        self._mrs: dict[int, _Ref] = {}
         self._max_mr_size: int | None = None
         _live_pds.add(self)
 
     @classmethod
     def from_pyverbs(cls, pyverbs_pd: Any) -> ProtectionDomain:
-        """Register into a PD allocated by pyverbs (its ``.pd`` is the ibv_pd address).
+        """Register into a PD allocated by pyverbs, so pyverbs QPs can use rdmapin MRs.
 
         The pyverbs PD is kept alive while this object lives; close the rdmapin MRs before
         closing the pyverbs PD (ibv_dealloc_pd refuses a PD with MRs: EBUSY)."""
-        address = getattr(pyverbs_pd, "pd", None)
-        if not isinstance(address, int):
-            raise BufferTypeError(f"from_pyverbs needs a pyverbs.pd.PD, got "
+        handle = getattr(pyverbs_pd, "handle", None) if _is_pyverbs_pd(pyverbs_pd) else None
+        if not isinstance(handle, int):
+            raise BufferTypeError(f"from_pyverbs needs an open pyverbs.pd.PD, got "
                                   f"{type(pyverbs_pd).__name__}")
-        if address == 0:
-            raise ClosedError("the pyverbs PD is closed")
+        address = _pyverbs_pd_address(pyverbs_pd, handle)
         return cls(None, _lib.pd_from_address(address), owner=pyverbs_pd)
 
     # -- lifetime ---------------------------------------------------------------------
@@ -81,7 +82,8 @@ class ProtectionDomain:
                 mr = ref()
                 if mr is not None:
                     mr.close()
-            self._mrs.clear()
+                else:
+                    _collected(ref)  # MR gone but its entry left: deregister through it
             if self._owner is not None:
                 break
             try:
@@ -147,57 +149,65 @@ class ProtectionDomain:
         if pd is None:
             raise ClosedError(f"PD on {self._device} is closed; cannot register")
         access = int(access)
+        if iova is not None:
+            return self._register_iova(buffer, access, iova)
         if type(buffer) is tuple:
             cbuf = None
-            addr, length = buffer
-            ptr = _lib.void_p(addr)
+            m = _reg_at(pd, buffer[0], buffer[1], access)
         else:
             try:
-                cbuf = _from_buffer(buffer, require_writable=access & WRITABLE)
+                cbuf = _from_buffer("char[]", buffer, access & WRITABLE)
             except (TypeError, BufferError, ValueError) as e:
                 raise _buffer_error(buffer, access, e) from None
-            ptr = cbuf
-            length = len(cbuf)
-        if iova is not None or not length or access & OPTIONAL_RANGE:
-            return self._register_slow(cbuf, ptr, length, access, iova)
-        m = _reg(pd, ptr, length, access)
+            m = _reg(pd, cbuf, len(cbuf), access)
         if not m:
-            err = _errno_of_call()
-            if cbuf is not None:
-                _release(cbuf)
-            raise self._explain(err, "ibv_reg_mr", ptr, length, access)
+            raise self._failed("ibv_reg_mr", buffer, cbuf, access)
         # MemoryRegion._new, inlined: this is the path the benchmark holds to the C floor.
         mr = _object_new(MemoryRegion)
-        mr._pd = self
-        mr._m = m
-        mr._buf = cbuf
+        mr._r = r = _Ref(mr, _collected)
+        r.m = m
+        r.buf = cbuf
+        r.pd = self
+        r.lkey = mr.lkey = lkey = m.lkey
         mr._access = access
-        mr.addr = m.addr
-        mr.length = m.length
-        mr.rkey = m.rkey
-        mr.handle = m.handle
-        mr.lkey = lkey = m.lkey
-        self._mrs[lkey] = _ref(mr)
+        self._mrs[lkey] = r
         if self._pd is None:  # closed by another thread while we registered
             mr.close()
             raise ClosedError(f"PD on {self._device} was closed during registration")
         return mr
 
-    def _register_slow(self, cbuf: Any, ptr: Any, length: int, access: int,
-                       iova: int | None) -> MemoryRegion:
-        """Zero length, iova and optional-range flags: ibv_reg_mr_iova2."""
-        if not length:
-            if cbuf is not None:
-                _release(cbuf)
-            raise explain.zero_length("ibv_reg_mr", _lib.address_of(ptr), access)
-        addr = _lib.address_of(ptr)
-        m = _lib.reg_mr_iova2(self._handle(), ptr, length, addr if iova is None else iova,
-                              access)
+    def _failed(self, call: str, buffer: Any, cbuf: Any, access: int) -> Exception:
+        """The explained error for a failed registration; releases the export first."""
+        err = _errno_of_call()
+        if cbuf is not None:
+            addr, length = _lib.address_of(cbuf), len(cbuf)
+            _release(cbuf)
+        else:
+            addr, length = buffer
+        try:
+            max_mr = self._max_mr()
+        except OSError:
+            max_mr = None
+        return explain.registration(err, call=call, addr=addr, length=length, access=access,
+                                    max_mr_size=max_mr, device=self._device)
+
+    def _register_iova(self, buffer: Any, access: int, iova: int) -> MemoryRegion:
+        """ibv_reg_mr_iova2: the device sees the region at ``iova``."""
+        if type(buffer) is tuple:
+            cbuf, ptr, length = None, _lib.void_p(buffer[0]), buffer[1]
+        else:
+            try:
+                cbuf = _from_buffer("char[]", buffer, access & WRITABLE)
+            except (TypeError, BufferError, ValueError) as e:
+                raise _buffer_error(buffer, access, e) from None
+            ptr, length = cbuf, len(cbuf)
+        m = _lib.reg_mr_iova2(self._handle(), ptr, length, iova, access) if length else None
         if not m:
-            err = _errno_of_call()
-            if cbuf is not None:
-                _release(cbuf)
-            raise self._explain(err, "ibv_reg_mr_iova2", ptr, length, access)
+            if not length:
+                if cbuf is not None:
+                    _release(cbuf)
+                raise explain.zero_length("ibv_reg_mr_iova2", iova, access)
+            raise self._failed("ibv_reg_mr_iova2", buffer, cbuf, access)
         return _wrap(self, m, cbuf, access)
 
     def register_dmabuf(self, fd: int, length: int, *, offset: int = 0, iova: int = 0,
@@ -210,17 +220,57 @@ class ProtectionDomain:
                                        length=length, access=access, device=self._device)
         return _wrap(self, m, None, access)
 
-    def _explain(self, err: int, call: str, ptr: Any, length: int, access: int) -> Exception:
-        try:
-            max_mr = self._max_mr()
-        except OSError:
-            max_mr = None
-        return explain.registration(err, call=call, addr=_lib.address_of(ptr), length=length,
-                                    access=access, max_mr_size=max_mr, device=self._device)
-
     def __repr__(self) -> str:
         state = "closed" if self._pd is None else f"{len(self._mrs)} MRs"
         return f"<ProtectionDomain {self._device} {state}>"
+
+
+def _is_pyverbs_pd(obj: Any) -> bool:
+    try:
+        from pyverbs.pd import PD
+    except ImportError:
+        return False
+    return isinstance(obj, PD)
+
+
+def _pyverbs_pd_address(pyverbs_pd: Any, handle: int) -> int:
+    """The ``struct ibv_pd *`` inside a pyverbs PD object.
+
+    rdma-core v44's ``PD.pd`` property returns ``<object>self.pd`` (the C pointer cast to a
+    Python object: touching it crashes); later releases return ``<uintptr_t>self.pd``. So
+    the property is never read: the pointer is found in the Cython object's fields as the
+    word that points at a readable ``struct ibv_pd`` whose handle is the PD's handle and
+    whose context leads to a device. Reads go through /proc/self/mem, which fails cleanly
+    on an unmapped address instead of faulting.
+    """
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        def read(addr: int, n: int) -> bytes | None:
+            if addr < 4096 or addr >= 1 << 47:
+                return None
+            try:
+                data = os.pread(fd, n, addr)
+            except OSError:
+                return None
+            return data if len(data) == n else None
+
+        obj = read(id(pyverbs_pd), 512) or b""
+        found = set()
+        for off in range(16, len(obj) - 7, 8):
+            ptr = int.from_bytes(obj[off:off + 8], "little")
+            head = read(ptr, 12)  # struct ibv_pd { struct ibv_context *context; u32 handle; }
+            if head is None or int.from_bytes(head[8:12], "little") != handle:
+                continue
+            ctx = read(int.from_bytes(head[:8], "little"), 8)  # ibv_context.device
+            if ctx is None or read(int.from_bytes(ctx, "little"), 8) is None:
+                continue
+            found.add(ptr)
+    finally:
+        os.close(fd)
+    if len(found) != 1:
+        raise ClosedError(f"cannot find the ibv_pd of pyverbs PD handle {handle} "
+                          f"({len(found)} candidates); is it open?")
+    return found.pop()
 
 
 def _buffer_error(obj: Any, access: int, e: Exception) -> Exception:

@@ -80,7 +80,10 @@ def test_from_pyverbs_registers_into_the_pyverbs_pd(pins):
         with pd.register(bytearray(4096)) as mr:
             assert mr.lkey and mr.device == DEVICE
         pd.close()  # closes rdmapin's MRs, leaves the PD to pyverbs
-        assert vpd.pd != 0  # still allocated: pyverbs owns it
+        from pyverbs.mr import MR
+
+        with MR(vpd, 4096, 1) as vmr:  # still allocated and usable: pyverbs owns it
+            assert vmr.lkey
 
 
 @pytest.mark.rdma
