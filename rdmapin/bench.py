@@ -102,8 +102,9 @@ def pyverbs_round(pd: Any, addr: int, iters: int) -> float:
 
 def per_op(device: str, iters: int, rounds: int, workdir: Path) -> list[PerOp]:
     exe = build_floor(workdir)
-    rows = {k: PerOp(k) for k in ("C floor", "rdmapin numpy", "rdmapin (addr,len)",
-                                  "pyverbs")}
+    rows = {k: PerOp(k) for k in ("C floor", "rdmapin numpy", "rdmapin bytearray",
+                                  "rdmapin (addr,len)", "pyverbs")}
+    ba = bytearray(4096)
     buf = memory.alloc(4096)
     try:
         from pyverbs.device import Context
@@ -123,6 +124,7 @@ def per_op(device: str, iters: int, rounds: int, workdir: Path) -> list[PerOp]:
                 progress(f"per-op round {r + 1}/{rounds} ({iters} x 4 KiB reg+dereg each)")
                 rows["C floor"].rounds.append(floor_round(exe, device, iters))
                 rows["rdmapin numpy"].rounds.append(rdmapin_round(pd, buf, iters))
+                rows["rdmapin bytearray"].rounds.append(rdmapin_round(pd, ba, iters))
                 rows["rdmapin (addr,len)"].rounds.append(
                     rdmapin_round(pd, (buf.addr, 4096), iters))
                 if vpd is not None:

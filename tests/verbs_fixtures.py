@@ -8,15 +8,12 @@ nothing stayed pinned.
 from __future__ import annotations
 
 import gc
-import json
-import subprocess
 
 import pytest
+from verbs_util import DEVICE
 
 import rdmapin
 from rdmapin import procfs
-
-DEVICE = "rxe0"
 
 
 @pytest.fixture
@@ -40,9 +37,3 @@ def pd(dev, pins):
     with dev.alloc_pd() as p:
         yield p
 
-
-def rdma_res(kind: str) -> list[dict]:
-    """`rdma -j resource show KIND` (mr, pd), the kernel's resource tracking."""
-    out = subprocess.run(["rdma", "-j", "resource", "show", kind], check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out) if out.strip() else []

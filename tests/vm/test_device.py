@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from verbs_fixtures import DEVICE
+from verbs_util import DEVICE
 
 import rdmapin
 from rdmapin.device import format_gid

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 import pytest
-from verbs_fixtures import DEVICE, rdma_res
+from verbs_util import DEVICE, rdma_res
 
 import rdmapin
 from rdmapin import Access, procfs, registry

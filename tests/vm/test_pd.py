@@ -6,7 +6,7 @@ import gc
 import os
 
 import pytest
-from verbs_fixtures import DEVICE, rdma_res
+from verbs_util import DEVICE, rdma_res
 
 import rdmapin
 from rdmapin import procfs

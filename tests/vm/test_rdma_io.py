@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from verbs_fixtures import DEVICE
+from verbs_util import DEVICE
 
 import rdmapin
 from rdmapin import Access, procfs
