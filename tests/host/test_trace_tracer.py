@@ -102,3 +102,36 @@ def test_cli_without_privileges_says_why_in_one_line():
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.splitlines()
     assert line.startswith("rdmapin: error: ") and "root" in line
+
+
+def test_prometheus_exports_the_same_totals():
+    _need_tracing()
+    pytest.importorskip("prometheus_client")
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "rdmapin", "trace", "-j", "-d", "30",
+                             "--prometheus", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        body = ""
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                time.sleep(0.3)
+        names = {line.split()[0] for line in body.splitlines()
+                 if line.startswith("rdmapin_trace_")}
+        assert {f"rdmapin_trace_{k}_total" for k in VMSTAT_KEYS} <= names
+        assert "rdmapin_trace_lost_events_total" in names
+    finally:
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err
+    assert json.loads(out.splitlines()[-1])["summary"] == "summary"
