@@ -5,12 +5,13 @@
     ci/vm/run --memory 4G -- python benchmarks/trace_overhead.py --size 1G --rounds 3
 
 SIZE of populated 4K anonymous memory is moved node 0 -> 1 -> 0 with move_pages(2) per
-round; untraced and traced rounds alternate (A B A B ...) so drift hits both equally. Traced
-rounds run the full tracer (every probe this kernel allows: mm_migrate_pages, the
-move_to_new_folio kprobe+kretprobe on every folio, compaction, pins) with its event thread
-draining. Reports the best and median round of each, the ratio (target <= 1.05), events/s
-delivered, and lost events (target 0); checks the tracer's pgmigrate totals against
-/proc/vmstat for the traced rounds.
+round; untraced and traced rounds alternate (A B A B ...) so drift hits both equally: one
+compiled tracer, detached for plain rounds and attached for traced ones. Traced rounds run
+the full tracer (every probe this kernel allows: mm_migrate_pages, the move_to_new_folio
+kprobe+kretprobe on every folio, compaction, pins) with its event thread draining.
+Reports the best and median round of each, the ratio (target <= 1.05), events/s delivered,
+and lost events (target 0); checks the tracer's pgmigrate totals against /proc/vmstat for
+the traced rounds.
 """
 
 from __future__ import annotations
@@ -65,35 +66,31 @@ def main(argv: list[str] | None = None) -> int:
     traced: list[float] = []
     moved = 0
     count = [0]
-
-    def plain_rounds(n: int) -> None:
-        for _ in range(n):
-            plain.append(storm(addrs)[0])
-
-    # plain, traced, plain: drift shows as a difference between the two plain halves.
-    # One tracer for all traced rounds (bcc compiles once; that is not the cost measured).
-    print("plain rounds", file=sys.stderr, flush=True)
-    plain_rounds(args.rounds - args.rounds // 2)
+    vm_ok = True
+    traced_s = 0.0
+    # One compiled tracer, detached (pause) for the plain rounds and attached (resume) for
+    # the traced ones, interleaved A B A B so a noisy neighbour hits both modes alike.
     print("compiling and attaching the tracer", file=sys.stderr, flush=True)
     with Tracer(keep_events=0, inventory=False,
                 on_event=lambda _ev: count.__setitem__(0, count[0] + 1)) as t:
         compile_note = t.unavailable or "all probes attached"
-        v0, t0 = procfs.vmstat(), t.totals()
-        c0 = count[0]
-        t_start = time.perf_counter()
         for r in range(args.rounds):
-            print(f"traced round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+            t.pause()
+            plain.append(storm(addrs)[0])
+            t.resume()
+            v0, t0 = procfs.vmstat(), t.totals()
+            t_start = time.perf_counter()
             dt, n = storm(addrs)
+            v1, t1 = procfs.vmstat(), t.totals()
+            t.poll(0)
+            traced_s += time.perf_counter() - t_start
             traced.append(dt)
             moved += n
-        v1, t1 = procfs.vmstat(), t.totals()
-    traced_s = time.perf_counter() - t_start  # includes draining the last events
-    events = count[0] - c0
+            vm_ok &= all((t1[k] - t0[k]) == (v1[k] - v0[k])
+                         for k in ("pgmigrate_success", "pgmigrate_fail"))
+    events = count[0]
     lost = t.totals()["lost_events"]
-    vm_ok = all((t1[k] - t0[k]) == (v1[k] - v0[k])
-                for k in ("pgmigrate_success", "pgmigrate_fail"))
-    print("plain rounds", file=sys.stderr, flush=True)
-    plain_rounds(args.rounds // 2)
 
     best_p, best_t = min(plain), min(traced)
     med_p, med_t = statistics.median(plain), statistics.median(traced)

@@ -29,6 +29,37 @@ class Program:
     files: list[str]
     attached: list[str] = field(default_factory=list)
     ringbuf: bool = False
+    kprobes: list[tuple[str, str, bool]] = field(default_factory=list)  # (func, fn, is_ret)
+    tracepoints: list[str] = field(default_factory=list)
+    paused: bool = False
+
+    def pause(self) -> None:
+        """Detach every probe, keeping the compiled program, maps and buffer (bcc compiles in
+        seconds on a host but minutes in a TCG guest)."""
+        if self.paused:
+            return
+        for tp in list(self.bpf.tracepoint_fds):
+            self.bpf.detach_tracepoint(tp)
+        for func, fn, ret in self.kprobes:
+            if ret:
+                self.bpf.detach_kretprobe(event=func.encode(), fn_name=fn.encode())
+            else:
+                self.bpf.detach_kprobe(event=func.encode(), fn_name=fn.encode())
+        self.paused = True
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        for tp in self.tracepoints:
+            cat, _, ev = tp.partition(":")
+            self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=f"tracepoint__{cat}__{ev}".encode())
+        for func, fn, ret in self.kprobes:
+            if ret:
+                self.bpf.attach_kretprobe(event=func.encode(), fn_name=fn.encode(),
+                                          maxactive=64)
+            else:
+                self.bpf.attach_kprobe(event=func.encode(), fn_name=fn.encode())
+        self.paused = False
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # bcc cleanup is best effort at exit
@@ -96,6 +127,8 @@ def load(feat: Features, *, ringbuf: bool | None = None,
             else:
                 os.environ[k] = v
     prog = Program(bpf=b, files=files, ringbuf=use_ring)
+    prog.tracepoints = [tp.decode() if isinstance(tp, bytes) else tp
+                        for tp in b.tracepoint_fds]
     prog.attached = [feat.available[n] for n in feat.available
                      if not n.startswith(("folio", "umem", "pin"))]
     for name, func, _define, fns in KPROBES:
@@ -104,9 +137,10 @@ def load(feat: Features, *, ringbuf: bool | None = None,
         try:
             for fn, ret in fns:
                 if ret:
-                    b.attach_kretprobe(event=func, fn_name=fn, maxactive=64)
+                    b.attach_kretprobe(event=func.encode(), fn_name=fn.encode(), maxactive=64)
                 else:
-                    b.attach_kprobe(event=func, fn_name=fn)
+                    b.attach_kprobe(event=func.encode(), fn_name=fn.encode())
+                prog.kprobes.append((func, fn, ret))
         except Exception as e:  # bcc: "Failed to attach BPF program ... to kprobe ..."
             feat.available.pop(name, None)
             feat.missing[name] = f"{func} refused the kprobe ({e})"

@@ -121,6 +121,18 @@ class Tracer:
         self.program.close()
         self.program = None
 
+    def pause(self) -> None:
+        """Detach the probes but keep state, totals and the compiled program."""
+        if self.program is not None:
+            self.poll(0)
+            with self._lock:
+                self.program.pause()
+
+    def resume(self) -> None:
+        if self.program is not None:
+            with self._lock:
+                self.program.resume()
+
     @property
     def unavailable(self) -> str | None:
         return self.features.unavailable_line() if self.features else None

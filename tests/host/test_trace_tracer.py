@@ -135,3 +135,26 @@ def test_prometheus_exports_the_same_totals():
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in err
     assert json.loads(out.splitlines()[-1])["summary"] == "summary"
+
+
+def test_pause_detaches_and_resume_reattaches_without_recompiling():
+    _need_tracing()
+
+    def compact() -> None:
+        with open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1")
+
+    with Tracer(inventory=False) as t:
+        prog = t.program
+        t.pause()
+        before = t.totals()
+        compact()
+        assert t.totals() == before  # nothing counted while detached
+        t.resume()
+        assert t.program is prog
+        v0, t0 = procfs.vmstat(), t.totals()
+        compact()
+        v1, t1 = procfs.vmstat(), t.totals()
+    for k in VMSTAT_KEYS:
+        assert t1[k] - t0[k] == v1[k] - v0[k], k
+    assert t1["compaction_runs"] > t0["compaction_runs"]
