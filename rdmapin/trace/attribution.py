@@ -8,6 +8,7 @@ which is itself a finding: something other than an MR holds that page.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,6 +32,7 @@ class Owner:
     umem: int | None = None
     pages: int = 0  # PFNs of it in the owner map
     ident: int = field(default=0, compare=False)
+    keys_tried: float = field(default=0.0, compare=False, repr=False)
 
     def label(self) -> str:
         what = "pin" if self.source == "pin_user_pages" else "mr"
@@ -40,6 +42,7 @@ class Owner:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("ident")
+        d.pop("keys_tried")
         d["label"] = self.label()
         return d
 
@@ -104,6 +107,10 @@ class OwnerMap:
         from the kernel's MR list by pid and length (first unclaimed match)."""
         if owner.lkey is not None or owner.source == "pin_user_pages":
             return
+        now = time.monotonic()
+        if kernel_mrs is None and now - owner.keys_tried < 1.0:
+            return  # asked the kernel a moment ago; the MR may not exist yet
+        owner.keys_tried = now
         if owner.pid == os.getpid():
             for rec in registry.live():
                 if rec.addr == owner.addr and rec.length == owner.length:

@@ -166,6 +166,9 @@ class Tracer:
             self.events_dropped += 1
         self._events.append(ev)
         if self.on_event is not None and self._wanted(ev):
+            if ev.failed or ev.kind == Kind.ISOLATE_MIGRATE:
+                for o in ev.owners:
+                    self.owners.resolve_keys(o)
             self.on_event(ev)
 
     # decoding and attribution ----------------------------------------------------------------
