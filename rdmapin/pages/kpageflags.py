@@ -167,8 +167,12 @@ def read(pfns: np.ndarray) -> np.ndarray:
         raise RdmapinOSError(e.errno or errno.EACCES, f"open {PATH}",
                              hint="page flags need root (CAP_SYS_ADMIN)") from e
     try:
+        n = len(pfns)
         span = (int(pfns.max()) - int(pfns.min())) >> BUCKET_SHIFT
-        if len(pfns) < 64 or span > 4 * len(pfns):
+        if n < 64 or span > 4 * n:  # few or widely spread PFNs: no bucket table
+            return _read_in_order(fd, pfns)
+        breaks = int(np.count_nonzero(pfns[1:] - pfns[:-1] != np.uint64(1)))
+        if breaks * 256 < n:  # long physical runs in virtual order (THP, hugetlb)
             return _read_in_order(fd, pfns)
         return _read_by_bucket(fd, pfns)
     finally:
