@@ -153,7 +153,11 @@ class ProtectionDomain:
             return self._register_iova(buffer, access, iova)
         if type(buffer) is tuple:
             cbuf = None
-            m = _reg_at(pd, buffer[0], buffer[1], access)
+            try:
+                m = _reg_at(pd, buffer[0], buffer[1], access)
+            except (TypeError, IndexError, OverflowError) as e:
+                raise BufferTypeError(f"register({buffer!r}): expected (address, length) "
+                                      f"as two non-negative ints ({e})") from None
         else:
             try:
                 cbuf = _from_buffer("char[]", buffer, access & WRITABLE)

@@ -309,3 +309,6 @@ def test_wrong_type_bad_flow(pd):
     for obj in (42, "text", [1, 2, 3]):
         with pytest.raises(rdmapin.BufferTypeError, match="not a buffer"):
             pd.register(obj)
+    for obj in ((1.5, 4096), (4096,), (-1, 4096)):
+        with pytest.raises(rdmapin.BufferTypeError, match="address, length"):
+            pd.register(obj)
