@@ -60,10 +60,11 @@ def layout_mask(addr: int, pfns: np.ndarray, iova: int | None = None) -> int:
 
 
 def find_best_pgsz(addr: int, length: int, pfns: np.ndarray, pgsz_bitmap: int,
-                   iova: int | None = None) -> int:
+                   iova: int | None = None, lmask: int | None = None) -> int:
     """``ib_umem_find_best_pgsz(umem, pgsz_bitmap, iova)``: the page size, or 0 if none fits.
 
-    ``iova`` defaults to ``addr`` (what ibv_reg_mr passes).
+    ``iova`` defaults to ``addr`` (what ibv_reg_mr passes); ``lmask`` is layout_mask's
+    result when the caller has it already.
     """
     virt = addr if iova is None else iova
     pgsz_bitmap &= _genmask(63, PAGE_SHIFT)
@@ -71,7 +72,7 @@ def find_best_pgsz(addr: int, length: int, pfns: np.ndarray, pgsz_bitmap: int,
         return 0
     span_bits = ((length - 1 + virt) ^ virt).bit_length()
     mask = pgsz_bitmap & _genmask(63, span_bits)
-    mask |= layout_mask(addr, pfns, virt)
+    mask |= layout_mask(addr, pfns, virt) if lmask is None else lmask
     if mask:
         pgsz_bitmap &= _genmask(_ctz(mask), 0)
     return 1 << (pgsz_bitmap.bit_length() - 1) if pgsz_bitmap else 0
@@ -135,7 +136,7 @@ def describe(addr: int, length: int, pfns: np.ndarray, folios: int,
         DeviceCost(s, s <= layout_max and s >= PAGE_SIZE,
                    num_dma_blocks(addr, length, s) if PAGE_SIZE <= s <= layout_max else None)
         for s in sizes)
-    best = find_best_pgsz(addr, length, pfns, pgsz_bitmap)
+    best = find_best_pgsz(addr, length, pfns, pgsz_bitmap, lmask=lmask)
     return Descriptors(
         struct_pages=num_pages(addr, length),
         folios=folios,

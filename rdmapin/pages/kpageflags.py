@@ -120,6 +120,8 @@ def _read_in_order(fd: int, pfns: np.ndarray) -> np.ndarray:
     """One read per (gap-merged) run of PFNs in the given order: for few or sparse PFNs."""
     starts, lens = _runs(pfns)
     flat = _read_runs(fd, starts, lens)
+    if len(flat) == len(pfns):  # runs were exact: the reads are already in page order
+        return flat
     run_base = np.concatenate(([0], np.cumsum(lens)[:-1]))
     p = pfns.astype(np.int64, copy=False)
     new = np.ones(len(p), dtype=bool)
@@ -168,11 +170,11 @@ def read(pfns: np.ndarray) -> np.ndarray:
                              hint="page flags need root (CAP_SYS_ADMIN)") from e
     try:
         n = len(pfns)
-        span = (int(pfns.max()) - int(pfns.min())) >> BUCKET_SHIFT
-        if n < 64 or span > 4 * n:  # few or widely spread PFNs: no bucket table
+        if n < 64:
             return _read_in_order(fd, pfns)
         breaks = int(np.count_nonzero(pfns[1:] - pfns[:-1] != np.uint64(1)))
-        if breaks * 256 < n:  # long physical runs in virtual order (THP, hugetlb)
+        span = (int(pfns.max()) - int(pfns.min())) >> BUCKET_SHIFT
+        if breaks * 256 < n or span > 4 * n:  # long runs (THP, hugetlb) or widely spread
             return _read_in_order(fd, pfns)
         return _read_by_bucket(fd, pfns)
     finally:
