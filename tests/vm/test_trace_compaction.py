@@ -15,7 +15,8 @@ from rdmapin.trace import Kind, Tracer
 from rdmapin.trace.summary import Summary
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]
-NPAGES = 32768  # 128 MiB
+NPAGES = 131072  # 512 MiB: half of node 0, so the MR's pageblocks reach below the point
+# where compaction's migrate scanner (walking up) meets the free scanner (walking down)
 
 
 def test_compact_memory_counts_match_vmstat_and_pinned_blocks_are_skipped():
@@ -35,7 +36,10 @@ def test_compact_memory_counts_match_vmstat_and_pinned_blocks_are_skipped():
             scans = [e for e in events if e.kind == Kind.ISOLATE_MIGRATE]
             assert sum(e.detail["scanned"] for e in scans) == deltas["compact_migrate_scanned"]
             ours = [e for e in scans if any(o.lkey == mr.lkey for o in e.owners)]
-            assert ours, "no compaction scan touched the MR's pageblocks"
+            scanned_to = max((e.pfn_end for e in scans), default=0)
+            assert ours, (f"no migrate-side scan touched the MR's pageblocks (MR PFNs "
+                          f"{int(pinned.min()):#x}-{int(pinned.max()):#x}, scanned up to "
+                          f"{scanned_to:#x})")
             for e in ours:
                 in_block = ((pinned >= e.pfn) & (pinned < e.pfn_end)).sum()
                 assert e.detail["pinned"] == in_block
