@@ -119,11 +119,17 @@ def kernel_copy_on_fork() -> bool | None:
     try:
         rows = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        return None
+        rows = []
     for row in rows if isinstance(rows, list) else [rows]:
         if isinstance(row, dict) and "copy-on-fork" in row:
             v = row["copy-on-fork"]
             return v if isinstance(v, bool) else str(v) in ("on", "1", "true")
+    # iproute2 versions differ in the JSON key; the text form is stable: "copy-on-fork on".
+    text = subprocess.run(["rdma", "system", "show"], capture_output=True, text=True,
+                          check=False).stdout.split()
+    if "copy-on-fork" in text:
+        i = text.index("copy-on-fork")
+        return i + 1 < len(text) and text[i + 1] == "on"
     return None
 
 

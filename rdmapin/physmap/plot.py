@@ -78,7 +78,7 @@ def render(pmap: PhysMap, path: str | os.PathLike, title: str | None = None) -> 
 
     # Layout in inches: title, grid (square cells) with zone names to its right, legend,
     # per-zone table, footnote.
-    left, grid_w, right = 0.95, 7.4, 1.25
+    left, grid_w, right = 0.95, 7.4, 1.6
     cell = grid_w / width
     grid_h = rows * cell
     legend_h = 0.22 * math.ceil(len(PageClass) / 2) + 0.15
