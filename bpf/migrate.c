@@ -1,11 +1,12 @@
 /* Page migration: how many pages moved or stayed, why, and which folio refused.
  * Events: tracepoint migrate:mm_migrate_pages (succeeded, failed, thp_succeeded, thp_failed,
  *         thp_split, mode, reason), migrate:mm_migrate_pages_start (mode, reason; latency),
- *         kprobe+kretprobe move_to_new_folio (src folio of a failed attempt: PFN, order,
- *         refcount, mapcount, pincount).
+ *         fexit (or, without BPF trampolines, kprobe+kretprobe) move_to_new_folio: the src
+ *         folio of a failed attempt (PFN, order, refcount, mapcount, pincount).
  * -D parameters (rdmapin.trace.loader, from rdmapin.trace.features):
  *   HAVE_MIGRATE_START        migrate:mm_migrate_pages_start exists
  *   HAVE_MOVE_TO_NEW_FOLIO    move_to_new_folio is kprobe-able
+ *   HAVE_FEXIT_MOVE_TO_NEW_FOLIO  ... and in BTF with BPF trampolines: use fexit
  *   RP_VMEMMAP_BASE_PTR       address of the kernel variable vmemmap_base (KASLR), or
  *   RP_VMEMMAP_START          the fixed vmemmap start when memory is not randomized
  *   RP_STRUCT_PAGE_SIZE, RP_PAGE_REFCOUNT_OFF, RP_PAGE_MAPCOUNT_OFF, RP_PG_HEAD,
@@ -69,7 +70,7 @@ TRACEPOINT_PROBE(migrate, mm_migrate_pages)
 }
 
 #ifdef HAVE_MOVE_TO_NEW_FOLIO
-BPF_HASH(rp_folio_inflight, u32, u64, RP_TID_SLOTS);
+struct folio;
 
 static __always_inline u64 rp_vmemmap(void)
 {
@@ -83,35 +84,17 @@ static __always_inline u64 rp_vmemmap(void)
 #endif
 }
 
-/* move_to_new_folio(struct folio *dst, struct folio *src, enum migrate_mode mode) */
-int rp_move_to_new_folio(struct pt_regs *ctx)
+/* One failed attempt to move folio ``src`` (-EAGAIN: extra references, i.e. pinned). */
+static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	u64 src = PT_REGS_PARM2(ctx);
-
-	rp_folio_inflight.update(&tid, &src);
-	return 0;
-}
-
-int rp_move_to_new_folio_ret(struct pt_regs *ctx)
-{
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	u64 *srcp = rp_folio_inflight.lookup(&tid);
-	int rc = PT_REGS_RC(ctx);
 	struct rp_migrate_call *call;
 	struct rp_event ev;
-	u64 src, flags = 0;
+	u64 flags = 0;
 	s32 refcount = 0, mapcount = 0, pincount = 0;
 	u8 order = 0;
 
-	if (!srcp)
-		return 0;
-	src = *srcp;
-	rp_folio_inflight.delete(&tid);
-	if (rc >= 0)
-		return 0;
 	rp_count(RPC_FOLIO_FAILS, 1);
-
 	rp_init(&ev, RP_FOLIO_FAIL);
 	ev.ret = rc;
 	call = rp_migrate_inflight.lookup(&tid);
@@ -142,4 +125,44 @@ int rp_move_to_new_folio_ret(struct pt_regs *ctx)
 	rp_emit(ctx, &ev);
 	return 0;
 }
+
+#ifdef HAVE_FEXIT_MOVE_TO_NEW_FOLIO
+/* fexit: arguments and return value in one BPF trampoline call, far cheaper than a
+ * kprobe+kretprobe pair on a function every migrated folio passes through. */
+KRETFUNC_PROBE(move_to_new_folio, struct folio *dst, struct folio *src, enum migrate_mode mode,
+	       int rc)
+{
+	if (rc >= 0)
+		return 0;
+	return rp_folio_failed(ctx, (u64)src, rc);
+}
+#else
+BPF_HASH(rp_folio_inflight, u32, u64, RP_TID_SLOTS);
+
+/* move_to_new_folio(struct folio *dst, struct folio *src, enum migrate_mode mode) */
+int rp_move_to_new_folio(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 src = PT_REGS_PARM2(ctx);
+
+	rp_folio_inflight.update(&tid, &src);
+	return 0;
+}
+
+int rp_move_to_new_folio_ret(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 *srcp = rp_folio_inflight.lookup(&tid);
+	int rc = PT_REGS_RC(ctx);
+	u64 src;
+
+	if (!srcp)
+		return 0;
+	src = *srcp;
+	rp_folio_inflight.delete(&tid);
+	if (rc >= 0)
+		return 0;
+	return rp_folio_failed(ctx, src, rc);
+}
+#endif /* HAVE_FEXIT_MOVE_TO_NEW_FOLIO */
 #endif /* HAVE_MOVE_TO_NEW_FOLIO */

@@ -25,6 +25,7 @@ _TAIL = {_INT: 4, _VAR: 4, _DECL_TAG: 4, _ARRAY: 12}       # fixed trailing byte
 _PER_MEMBER = {_STRUCT: 12, _UNION: 12, _ENUM: 8, _FUNC_PROTO: 8, _DATASEC: 12, _ENUM64: 12}
 
 STRUCTS = ("page", "folio")
+FUNCS = ("move_to_new_folio",)
 ENUMS = ("PG_head", "FOLL_LONGTERM")
 
 
@@ -32,7 +33,7 @@ class Btf:
     """Sizes and member offsets of the named structs; values of the named enumerators."""
 
     def __init__(self, data: bytes, structs: tuple[str, ...] = STRUCTS,
-                 enums: tuple[str, ...] = ENUMS) -> None:
+                 enums: tuple[str, ...] = ENUMS, funcs: tuple[str, ...] = FUNCS) -> None:
         magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
             "<HBBIIIII", data, 0)
         if magic != 0xEB9F:
@@ -42,6 +43,9 @@ class Btf:
         self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
         want_struct = {self._offset_of(n): n for n in structs}
         want_enum = {self._offset_of(n): n for n in enums}
+        want_func = {self._offset_of(n): n for n in funcs}
+        want_func.pop(None, None)
+        self.funcs: set[str] = set()  # of ``funcs``, those BTF describes (fentry/fexit-able)
         want_struct.pop(None, None)
         want_enum.pop(None, None)
         # every type's (kind, size/type, record position): needed to follow member types
@@ -59,7 +63,9 @@ class Btf:
             self._kind.append(kind)
             self._size.append(size)
             self._pos.append(pos)
-            if kind in (_STRUCT, _UNION) and name_off in want_struct:
+            if kind == _FUNC and name_off in want_func:
+                self.funcs.add(want_func[name_off])
+            elif kind in (_STRUCT, _UNION) and name_off in want_struct:
                 self.structs.setdefault(want_struct[name_off], len(self._kind) - 1)
             elif kind in (_ENUM, _ENUM64) and want_enum:
                 step = 8 if kind == _ENUM else 12

@@ -235,6 +235,18 @@ def _foll_longterm(feat: Features) -> int | None:
     return None
 
 
+def _fexit_ok(func: str) -> bool:
+    """BPF trampolines (fentry/fexit) exist here and BTF describes ``func``."""
+    b = _btf.vmlinux()
+    if b is None or func not in b.funcs:
+        return False
+    try:
+        from bcc import BPF
+    except ImportError:
+        return False
+    return bool(BPF.support_kfunc())
+
+
 def _folio_layout(feat: Features) -> str | None:
     """-D values for reading a struct folio by offset; returns why not, or None."""
     b = _btf.vmlinux()
@@ -324,6 +336,8 @@ def probe() -> Features:
             feat.available.pop("folio_fail")
             feat.defines.pop("HAVE_MOVE_TO_NEW_FOLIO", None)
             feat.missing["folio_fail"] = why
+        elif _fexit_ok("move_to_new_folio"):
+            feat.defines["HAVE_FEXIT_MOVE_TO_NEW_FOLIO"] = None
     if feat.has("pin_fast") or feat.has("pin_remote"):
         foll = _foll_longterm(feat)
         if foll is None:

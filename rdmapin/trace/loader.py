@@ -30,6 +30,7 @@ class Program:
     attached: list[str] = field(default_factory=list)
     ringbuf: bool = False
     kprobes: list[tuple[str, str, bool]] = field(default_factory=list)  # (func, fn, is_ret)
+    kretfuncs: list[str] = field(default_factory=list)  # fexit programs (bcc attached them)
     tracepoints: list[str] = field(default_factory=list)
     paused: bool = False
 
@@ -40,6 +41,8 @@ class Program:
             return
         for tp in list(self.bpf.tracepoint_fds):
             self.bpf.detach_tracepoint(tp)
+        for func in self.kretfuncs:
+            self.bpf.detach_kretfunc(fn_name=func.encode())
         for func, fn, ret in self.kprobes:
             if ret:
                 self.bpf.detach_kretprobe(event=func.encode(), fn_name=fn.encode())
@@ -53,6 +56,8 @@ class Program:
         for tp in self.tracepoints:
             cat, _, ev = tp.partition(":")
             self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=f"tracepoint__{cat}__{ev}".encode())
+        for func in self.kretfuncs:
+            self.bpf.attach_kretfunc(fn_name=func.encode())
         for func, fn, ret in self.kprobes:
             if ret:
                 self.bpf.attach_kretprobe(event=func.encode(), fn_name=fn.encode(),
@@ -115,7 +120,15 @@ def load(feat: Features, *, ringbuf: bool | None = None,
     saved = {k: os.environ.get(k) for k in feat.header_env}
     os.environ.update(feat.header_env)
     try:
-        b = BPF(text=source(files).encode(), cflags=cflags(feat, use_ring, extra))
+        try:
+            b = BPF(text=source(files).encode(), cflags=cflags(feat, use_ring, extra))
+        except Exception as e:
+            if "HAVE_FEXIT_MOVE_TO_NEW_FOLIO" not in feat.defines:
+                raise
+            # The kernel refused the fexit program (trampolines off, lockdown): kprobes then.
+            log.warning("fexit on move_to_new_folio refused (%s); using kprobe+kretprobe", e)
+            feat.defines.pop("HAVE_FEXIT_MOVE_TO_NEW_FOLIO")
+            b = BPF(text=source(files).encode(), cflags=cflags(feat, use_ring, extra))
     except Exception as e:  # bcc raises bare Exception on compile/load failures
         raise RdmapinError(f"bcc could not build the tracer from {', '.join(files)}: {e}",
                            hint="run with -v for the compiler output; headers: "
@@ -131,8 +144,12 @@ def load(feat: Features, *, ringbuf: bool | None = None,
                         for tp in b.tracepoint_fds]
     prog.attached = [feat.available[n] for n in feat.available
                      if not n.startswith(("folio", "umem", "pin"))]
+    if "HAVE_FEXIT_MOVE_TO_NEW_FOLIO" in feat.defines:  # bcc attached it while loading
+        prog.kretfuncs.append("move_to_new_folio")
+        prog.attached.append("move_to_new_folio (fexit)")
     for name, func, _define, fns in KPROBES:
-        if name not in feat.available:
+        if name not in feat.available or (
+                name == "folio_fail" and "HAVE_FEXIT_MOVE_TO_NEW_FOLIO" in feat.defines):
             continue
         try:
             for fn, ret in fns:
