@@ -9,6 +9,7 @@ import mmap
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,11 @@ def test_pinned_pageblocks_equal_the_mrs_pfn_blocks(spread_buffer):
             assert any(s.what.startswith(f"mr lkey={mr.lkey:#x}") for s in pinset.sources)
             # Each pinned block is counted in the zone its PFNs are in.
             assert sum(s.pinned_blocks for s in pm.summaries) == len(expect)
+            # The boot-time hugetlb pool is exactly its pageblocks (no 1 GiB pages here).
+            nr = int(Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+                     .read_text())
+            assert sum(s.pageblocks["hugetlb"] for s in pm.summaries) == nr
+            assert sum(s.pages["hugetlb"] for s in pm.summaries) == nr << order
         finally:
             mr.close()
     # Closed: the same pages are no longer pinned in a fresh map.
