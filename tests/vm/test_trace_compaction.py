@@ -10,7 +10,7 @@ import pytest
 from trace_util import assert_totals_match, buffer_on_node, pfns_of
 
 import rdmapin
-from rdmapin import procfs
+from rdmapin import procfs, registry
 from rdmapin.trace import Kind, Tracer
 from rdmapin.trace.summary import Summary
 
@@ -26,6 +26,7 @@ def test_compact_memory_counts_match_vmstat_and_pinned_blocks_are_skipped():
         try:
             pinned = pfns_of(arr)
             with Tracer() as t:
+                inv = [(o.source, o.lkey, o.pages) for o in t.inventory.owners]
                 v0, t0 = procfs.vmstat(), t.totals()
                 with open("/proc/sys/vm/compact_memory", "w") as f:
                     f.write("1")
@@ -39,7 +40,7 @@ def test_compact_memory_counts_match_vmstat_and_pinned_blocks_are_skipped():
             scanned_to = max((e.pfn_end for e in scans), default=0)
             assert ours, (f"no migrate-side scan touched the MR's pageblocks (MR PFNs "
                           f"{int(pinned.min()):#x}-{int(pinned.max()):#x}, scanned up to "
-                          f"{scanned_to:#x})")
+                          f"{scanned_to:#x}; inventory {inv}; registry {registry.live()})")
             for e in ours:
                 in_block = ((pinned >= e.pfn) & (pinned < e.pfn_end)).sum()
                 assert e.detail["pinned"] == in_block
