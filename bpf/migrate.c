@@ -132,9 +132,14 @@ static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc)
 KRETFUNC_PROBE(move_to_new_folio, struct folio *dst, struct folio *src, enum migrate_mode mode,
 	       int rc)
 {
+	u64 addr = 0;
+
 	if (rc >= 0)
 		return 0;
-	return rp_folio_failed(ctx, (u64)src, rc);
+	/* src is a BTF pointer the verifier will not do arithmetic on; read its value as a
+	 * plain number (from the stack copy) to compute the PFN. */
+	bpf_probe_read_kernel(&addr, sizeof(addr), &src);
+	return rp_folio_failed(ctx, addr, rc);
 }
 #else
 BPF_HASH(rp_folio_inflight, u32, u64, RP_TID_SLOTS);
