@@ -85,8 +85,8 @@ def capabilities() -> Iterator[Check]:
     features = [
         ("cap pin", "pin past RLIMIT_MEMLOCK", [CAP_IPC_LOCK], ["ipc_lock"]),
         ("cap trace", "load BPF tracers", [CAP_BPF, CAP_PERFMON], ["bpf", "perfmon"]),
-        ("cap pfn", "PFNs in pagemap, kpageflags", [CAP_SYS_ADMIN], ["sys_admin"]),
-        ("cap rdma-res", "keys and IOVA of other MRs", [CAP_NET_ADMIN], ["net_admin"]),
+        ("cap pfn", "read PFNs in pagemap", [CAP_SYS_ADMIN], ["sys_admin"]),
+        ("cap rdma-res", "read other MRs' keys", [CAP_NET_ADMIN], ["net_admin"]),
     ]
     for name, what, caps, cap_names in features:
         have = [has_cap(c, mask) for c in caps]

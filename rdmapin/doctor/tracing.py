@@ -25,8 +25,15 @@ def readiness() -> Iterator[Check]:
     feat = _features.probe()
     tfs = feat.tracefs
     if tfs is None:
-        yield Check("tracefs", Status.FAIL, "tracefs not mounted", data={},
-                    fix="mount -t tracefs tracefs /sys/kernel/tracing")
+        mounted = [p for p in _features.TRACEFS_CANDIDATES if os.path.ismount(p)]
+        if mounted:
+            yield Check("tracefs", Status.FAIL, f"{mounted[0]} is not readable by this user",
+                        data={"mounted": str(mounted[0])},
+                        fix="trace as root, or with CAP_BPF+CAP_PERFMON after "
+                            f"mount -o remount,mode=755 {mounted[0]}")
+        else:
+            yield Check("tracefs", Status.FAIL, "tracefs not mounted", data={"mounted": None},
+                        fix="mount -t tracefs tracefs /sys/kernel/tracing")
         return
 
     if (tfs / "kprobe_events").exists():

@@ -182,3 +182,17 @@ def test_fork_check_uses_the_kernels_answer():
     assert c.data["ibv_fork_status"] == fork_status()
     unneeded = c.data["kernel_copy_on_fork"] or fork_status() == "unneeded"
     assert (c.status is doctor.Status.PASS) == bool(unneeded)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_unprivileged_user_gets_verdicts_not_tracebacks():
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "--inh-caps=-all", sys.executable, "-m", "rdmapin", "doctor", "-j"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.stderr == ""
+    rows = {r["check"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert rows["cap pin"]["status"] == "WARN" and rows["cap pfn"]["status"] == "WARN"
+    assert rows["memlock"]["data"]["cap_ipc_lock"] is False
+    if os.path.ismount("/sys/kernel/tracing"):
+        assert "not readable" in rows["tracefs"]["value"]
