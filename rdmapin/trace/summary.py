@@ -44,10 +44,13 @@ class Summary:
             self.owners[k] = o
             self.folio_attempts[k] += 1
             self.folio_pfns[k].add(ev.pfn)
-        elif ev.kind == Kind.ISOLATE_MIGRATE:
-            self.compact_all["blocks"] += 1
-            self.compact_all["scanned"] += ev.detail["scanned"]
-            self.compact_all["taken"] += ev.detail["taken"]
+        elif ev.kind in (Kind.ISOLATE_MIGRATE, Kind.ISOLATE_FREE):
+            # compact_all: the migrate scanner (what compact_migrate_scanned counts); per
+            # owner: pageblocks either scanner passed over holding its pinned PFNs
+            if ev.kind == Kind.ISOLATE_MIGRATE:
+                self.compact_all["blocks"] += 1
+                self.compact_all["scanned"] += ev.detail["scanned"]
+                self.compact_all["taken"] += ev.detail["taken"]
             for o in ev.owners:
                 k = _key(o)
                 self.owners[k] = o

@@ -223,10 +223,9 @@ class Tracer:
         elif kind in (Kind.ISOLATE_MIGRATE, Kind.ISOLATE_FREE):
             ev.pfn, ev.pfn_end = r.a, r.b
             ev.detail = {"scanned": r.c, "taken": r.d}
-            if kind == Kind.ISOLATE_MIGRATE:
-                hits = self.owners.in_range(r.a, r.b)
-                ev.owners = [self.owners.owners[i] for i in hits]
-                ev.detail["pinned"] = sum(hits.values())
+            hits = self.owners.in_range(r.a, r.b)
+            ev.owners = [self.owners.owners[i] for i in hits]
+            ev.detail["pinned"] = sum(hits.values())
         elif kind == Kind.COMPACT_MIGRATE:
             ev.detail = {"migrated": r.a, "failed": r.b}
         elif kind == Kind.COMPACT_FINISHED:
