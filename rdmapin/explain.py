@@ -229,12 +229,25 @@ def _einval(err: int, what: str, addr: int, length: int, access: int,
         return RegistrationError(err, f"{what}: exceeds max_mr_size {_fmt(max_mr_size)}",
                                  hint="split the buffer into several MRs")
     ps = kernel_page_size(addr)
-    if ps and ps > PAGE and (addr % ps or length % ps):
-        return RegistrationError(err, f"{what}: hugetlb mapping of {_fmt(ps)} pages, range "
-                                      "not aligned to it",
-                                 hint=f"align address and length to {_fmt(ps)}")
+    if ps and ps > PAGE and _fork_enabled():
+        # With fork support on, libibverbs madvise(MADV_DONTFORK)s the range before
+        # registering; on hugetlb that needs huge-page-aligned ranges and, per
+        # ibv_fork_init(3), RDMAV_HUGEPAGES_SAFE=1 so it rounds to the real page size.
+        aligned = "" if not (addr % ps or length % ps) else ", range not aligned to it"
+        return RegistrationError(err, f"{what}: hugetlb mapping of {_fmt(ps)} pages"
+                                      f"{aligned}, and ibv_fork_init is on (libibverbs "
+                                      "madvise(MADV_DONTFORK)s every registered range)",
+                                 hint=f"set RDMAV_HUGEPAGES_SAFE=1 before ibv_fork_init and "
+                                      f"align to {_fmt(ps)}, or skip ibv_fork_init (not "
+                                      "needed on kernels with copy-on-fork for pins)")
     return RegistrationError(err, f"{what}: invalid argument",
                              hint="check the access flags against dev.caps")
+
+
+def _fork_enabled() -> bool:
+    from rdmapin import _lib
+
+    return _lib.fork_status() == _lib.FORK_ENABLED
 
 
 def zero_length(call: str, addr: int, access: int) -> RegistrationError:
