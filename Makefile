@@ -28,7 +28,7 @@ test: setup
 	@ci/test
 
 demo: setup
-	@ci/vm/run -- ci/demo
+	@ci/vm/run --dimm 512M -- ci/demo
 
 bench: setup
 	@ci/vm/run --memory 3G --hugepages 600 -- python benchmarks/reg_cost.py
