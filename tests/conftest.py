@@ -5,6 +5,9 @@ kprobes  kprobe/kretprobe attach and kernel headers for bcc
 vm       the guest's environment: NUMA node 1 and reserved 2 MiB hugetlb pages
 dimm     a hot-plugged DIMM as node 1 (ci/test boots a guest of its own for these)
 movable  a populated ZONE_MOVABLE (likewise, with movablecore=1G)
+
+host_kernel  checks the tracer's tracepoint-only path on a kernel without kprobes (the
+             host's); skipped where kprobes exist, whose full path tests/vm/test_trace_* cover
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from needs import NEEDS
+from needs import NEEDS, kprobes_missing
 
 STRICT = os.environ.get("RDMAPIN_STRICT") == "1"
 
@@ -28,6 +31,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("host_kernel") is not None and kprobes_missing() is None:
+        pytest.skip("kernel has kprobes: the full tracer is tested by tests/vm/test_trace_*")
     for name, probe in NEEDS.items():
         if item.get_closest_marker(name) is None:
             continue

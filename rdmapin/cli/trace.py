@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -96,9 +97,17 @@ class Printer:
     t0 = 0.0
 
 
+def _interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from rdmapin.trace.tracer import Tracer
 
+    # Detach cleanly on SIGINT and SIGTERM (systemd, kill) alike; set explicitly because a
+    # shell starts background jobs with SIGINT ignored, which Python would inherit.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     summary = Summary()
     printer = Printer(args, summary)
     tracer = Tracer(pid=args.pid, inventory=args.inventory, keep_events=0, on_event=printer)

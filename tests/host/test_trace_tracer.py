@@ -29,6 +29,7 @@ def _need_tracing() -> features.Features:
     return feat
 
 
+@pytest.mark.host_kernel
 def test_compaction_totals_equal_vmstat_deltas():
     _need_tracing()
     with Tracer(inventory=False) as t:
@@ -48,6 +49,7 @@ def test_compaction_totals_equal_vmstat_deltas():
     assert ends and all(e.reason in t.features.compaction_status.values() for e in ends)
 
 
+@pytest.mark.host_kernel
 def test_every_probe_compiles_and_kprobe_programs_pass_the_verifier(monkeypatch):
     """The VM is where kprobes attach; here the whole program (all -D switches on) is at
     least compiled and verified, so a C mistake shows on the host first."""
@@ -76,6 +78,7 @@ def test_every_probe_compiles_and_kprobe_programs_pass_the_verifier(monkeypatch)
         b.cleanup()
 
 
+@pytest.mark.host_kernel
 def test_cli_runs_the_subset_and_says_what_is_missing_in_one_line():
     feat = _need_tracing()
     proc = subprocess.run([sys.executable, "-m", "rdmapin", "trace", "-j", "-d", "1"],
@@ -104,6 +107,7 @@ def test_cli_without_privileges_says_why_in_one_line():
     assert line.startswith("rdmapin: error: ") and "root" in line
 
 
+@pytest.mark.host_kernel
 def test_prometheus_exports_the_same_totals():
     _need_tracing()
     pytest.importorskip("prometheus_client")
@@ -137,6 +141,7 @@ def test_prometheus_exports_the_same_totals():
     assert json.loads(out.splitlines()[-1])["summary"] == "summary"
 
 
+@pytest.mark.host_kernel
 def test_pause_detaches_and_resume_reattaches_without_recompiling():
     _need_tracing()
 

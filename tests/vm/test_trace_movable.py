@@ -20,7 +20,7 @@ from rdmapin import procfs
 from rdmapin.pages import zones
 from rdmapin.trace import Kind, Tracer
 
-pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]
+pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm, pytest.mark.movable]
 NPAGES = 4096  # 16 MiB
 MOVABLE = zones.ZONE_NAMES.index("Movable")
 

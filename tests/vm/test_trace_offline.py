@@ -25,7 +25,7 @@ from rdmapin import procfs
 from rdmapin.pages import zones
 from rdmapin.trace import Kind, Tracer
 
-pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]
+pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm, pytest.mark.dimm]
 MEMORY = Path("/sys/devices/system/memory")
 FILLER_PAGES = 200 * 2**20 // PAGE
 MR_PAGES = 2048  # 8 MiB, as measured in VM-NOTES
