@@ -166,8 +166,13 @@ def advise_mr(pd, advice: int, flags: int, addr: int, length: int, lkey: int) ->
         raise RdmapinOSError(-rc, f"ibv_advise_mr({length} B at {addr:#x})")
 
 
+fork_init_called = False
+
+
 def fork_init() -> None:
+    global fork_init_called
     _check(lib.rdmapin_fork_init(), "ibv_fork_init", RdmapinOSError)
+    fork_init_called = True
 
 
 def fork_status() -> int:

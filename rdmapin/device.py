@@ -200,8 +200,10 @@ class Device:
 
 
 def fork_init() -> None:
-    """ibv_fork_init: make registrations fork-safe (a no-op where the kernel makes it
-    unneeded, i.e. fork_status() == 'unneeded')."""
+    """ibv_fork_init: make registrations fork-safe. Not needed where the kernel copies
+    pinned pages on fork (fork_status() == 'unneeded'), but libibverbs 44 still
+    madvise(MADV_DONTFORK)s every registered range once it was called (measured: an unaligned
+    range of a hugetlb mapping then fails with EINVAL although the status says 'unneeded')."""
     _lib.fork_init()
 
 

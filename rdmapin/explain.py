@@ -247,6 +247,11 @@ def _einval(err: int, what: str, addr: int, length: int, access: int,
 def _fork_enabled() -> bool:
     from rdmapin import _lib
 
+    env = os.environ
+    if _lib.fork_init_called or env.get("RDMAV_FORK_SAFE") or env.get("IBV_FORK_SAFE"):
+        # Called (or forced by the environment): libibverbs madvises DONTFORK whatever
+        # ibv_is_fork_initialized() reports, 'unneeded' included.
+        return True
     return _lib.fork_status() == _lib.FORK_ENABLED
 
 

@@ -258,7 +258,9 @@ def _pyverbs_pd_address(pyverbs_pd: Any, handle: int) -> int:
                 return None
             return data if len(data) == n else None
 
-        obj = read(id(pyverbs_pd), 512) or b""
+        # Only the object's own struct: words past it belong to whatever the allocator put
+        # next, and one of them can look like an ibv_pd with handle 0 as well.
+        obj = read(id(pyverbs_pd), type(pyverbs_pd).__basicsize__) or b""
         found = set()
         for off in range(16, len(obj) - 7, 8):
             ptr = int.from_bytes(obj[off:off + 8], "little")
