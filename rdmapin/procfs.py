@@ -61,3 +61,11 @@ def status(pid: int | str = "self") -> dict[str, int | str]:
 def vm_pin(pid: int | str = "self") -> int:
     """Bytes this process has pinned long-term and charged to RLIMIT_MEMLOCK (VmPin)."""
     return int(status(pid)["VmPin"])
+
+
+def comm(pid: int | str = "self") -> str:
+    """/proc/PID/comm, or "?" once the process is gone."""
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return "?"

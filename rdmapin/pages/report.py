@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rdmapin import procfs
 from rdmapin.errors import RdmapinError, RdmapinOSError
 from rdmapin.pages import folios as folio_mod
 from rdmapin.pages import kpageflags as kpf
@@ -80,14 +81,6 @@ class RegionReport:
     def __str__(self) -> str:
         from rdmapin.pages.render import render
         return render(self)
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
 
 
 def _hugetlb_pages(vmas: list[smaps.Vma], page_addrs_first: int, count: int) -> np.ndarray:
@@ -214,7 +207,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
                 zone_counts[zones.ZONE_NAMES[v - 1] if v else "unknown"] = int(c)
         descriptors = describe(addr, length, pfns, folio_count, pgsz_bitmap)
     return RegionReport(
-        pid=pid, comm=_comm(pid), addr=addr, length=length, base_pages=count,
+        pid=pid, comm=procfs.comm(pid), addr=addr, length=length, base_pages=count,
         present=n_present, not_present=count - n_present,
         swapped=0 if all_present else int(pagemap.swapped(entries).sum()),
         backing_pages=backing_pages, backing_folios=backing_folios, folio_sizes=folio_sizes,

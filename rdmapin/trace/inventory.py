@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rdmapin import registry
+from rdmapin import procfs, registry
 from rdmapin.pages import kpageflags, pagemap, rdma_res
 from rdmapin.trace import kcore
 from rdmapin.trace.attribution import Owner, OwnerMap
@@ -28,14 +28,6 @@ PAGE = pagemap.PAGE_SIZE
 class Inventory:
     owners: list[Owner] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)  # one line per MR not placed, and why
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
 
 
 def _vmas(pid: int) -> list[tuple[int, int]]:
@@ -79,8 +71,9 @@ def take(owners: OwnerMap, pid: int | None = None) -> Inventory:
     me = os.getpid()
     if pid in (None, me):
         for rec in registry.live():
-            o = owners.add_range(Owner(pid=me, comm=_comm(me), addr=rec.addr, length=rec.length,
-                                       source="registry", lkey=rec.lkey, device=rec.device))
+            o = owners.add_range(Owner(pid=me, comm=procfs.comm(me), addr=rec.addr,
+                                       length=rec.length, source="registry", lkey=rec.lkey,
+                                       device=rec.device))
             inv.owners.append(o)
     try:
         kernel = rdma_res.mrs(pid)
@@ -113,12 +106,12 @@ def take(owners: OwnerMap, pid: int | None = None) -> Inventory:
                                       "pinned range of that size")
                 continue
             free.remove(hit)
-            o = owners.add(Owner(pid=mpid, comm=m.comm or _comm(mpid), addr=hit[0],
+            o = owners.add(Owner(pid=mpid, comm=m.comm or procfs.comm(mpid), addr=hit[0],
                                  length=m.length, source="inventory", lkey=m.lkey,
                                  device=m.device), hit[2])
             inv.owners.append(o)
         for addr, length, pfns in free:
-            o = owners.add(Owner(pid=mpid, comm=_comm(mpid), addr=addr, length=length,
+            o = owners.add(Owner(pid=mpid, comm=procfs.comm(mpid), addr=addr, length=length,
                                  source="inventory"), pfns)
             inv.owners.append(o)
     return inv

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rdmapin import registry
+from rdmapin import procfs, registry
 from rdmapin.trace import features as _features
 from rdmapin.trace import inventory as _inventory
 from rdmapin.trace import loader
@@ -186,7 +186,7 @@ class Tracer:
         new = [r for r in live if (r.device, r.lkey) not in self._registry_seen]
         for r in new:
             self._registry_seen.add((r.device, r.lkey))
-            self.owners.add_range(Owner(pid=os.getpid(), comm=_inventory._comm(os.getpid()),
+            self.owners.add_range(Owner(pid=os.getpid(), comm=procfs.comm(os.getpid()),
                                         addr=r.addr, length=r.length, source="registry",
                                         lkey=r.lkey, device=r.device))
         return bool(new)
