@@ -160,15 +160,30 @@ def test_totals_add_up_to_zone_spans():
 @needs_root
 def test_free_pages_equal_zoneinfo_when_quiet():
     """Free pages per zone equal the kernel's NR_FREE_PAGES ("pages free") exactly, for
-    every zone whose count did not change while the map was read."""
-    before = {z.label: z.free for z in zones.zoneinfo()}
-    pm = blocks.build()
-    after = {z.label: z.free for z in zones.zoneinfo()}
-    quiet = [k for k in before if before[k] == after.get(k)]
-    if not quiet:
-        pytest.skip("every zone's free count changed during the read (a busy host)")
-    got = {s.zone.label: s.pages["free"] for s in pm.summaries}
-    assert {k: got[k] for k in quiet} == {k: before[k] for k in quiet}
+    every zone whose count did not change while the map was read.
+
+    A zone can allocate and free in the middle of a read and end where it began (seen: 2
+    pages off in a busy guest), so a zone agrees when one of a few quiet reads matches."""
+    pending: dict[str, tuple[int, int]] = {}
+    agreed: set[str] = set()
+    for _ in range(5):
+        before = {z.label: z.free for z in zones.zoneinfo()}
+        pm = blocks.build()
+        after = {z.label: z.free for z in zones.zoneinfo()}
+        got = {s.zone.label: s.pages["free"] for s in pm.summaries}
+        for k in before:
+            if k in agreed or before[k] != after.get(k):
+                continue
+            if got[k] == before[k]:
+                agreed.add(k)
+                pending.pop(k, None)
+            else:
+                pending[k] = (got[k], before[k])
+        if agreed and not pending and len(agreed) == len(before):
+            break
+    if not agreed and not pending:
+        pytest.skip("every zone's free count changed during every read (a busy host)")
+    assert pending == {}, "fragmap free pages vs zoneinfo, per zone (got, kernel)"
 
 
 @needs_root
