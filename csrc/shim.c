@@ -210,94 +210,236 @@ uint32_t rdmapin_pd_handle(struct ibv_pd *pd)
 	return pd->handle;
 }
 
-static pthread_mutex_t free_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct rdmapin_mr *free_mrs;
+/* One lock for every PD's MR list: taken for a few pointer updates per register/close, and
+ * held across ibv_dereg_mr only on the rare paths (PD close, an MR collected unclosed). */
+static pthread_mutex_t mr_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Wrap a fresh ibv_mr for Python; if no wrapper can be had, undo the registration. */
-static struct rdmapin_mr *wrap_mr(struct ibv_mr *mr)
+static void link_mr(struct rdmapin_pd *p, struct rdmapin_mr *m)
+{
+	m->owner = p;
+	m->prev = NULL;
+	m->next = p->first;
+	if (p->first)
+		p->first->prev = m;
+	p->first = m;
+	p->count++;
+}
+
+static void unlink_mr(struct rdmapin_mr *m)
+{
+	struct rdmapin_pd *p = m->owner;
+
+	if (!p)
+		return;
+	if (m->prev)
+		m->prev->next = m->next;
+	else
+		p->first = m->next;
+	if (m->next)
+		m->next->prev = m->prev;
+	m->owner = NULL;
+	m->prev = m->next = NULL;
+	p->count--;
+}
+
+struct rdmapin_pd *rdmapin_pd_wrap(struct ibv_pd *pd)
+{
+	struct rdmapin_pd *p = calloc(1, sizeof(*p));
+
+	if (!p)
+		return fail_null(ENOMEM);
+	p->pd = pd;
+	return p;
+}
+
+void rdmapin_pd_free(struct rdmapin_pd *p)
+{
+	pthread_mutex_lock(&mr_lock);
+	while (p->first)
+		unlink_mr(p->first);
+	pthread_mutex_unlock(&mr_lock);
+	free(p);
+}
+
+int rdmapin_pd_close_mrs(struct rdmapin_pd *p)
+{
+	struct rdmapin_mr *m, *next;
+	int err = 0, rc;
+
+	pthread_mutex_lock(&mr_lock);
+	p->closing = 1;
+	for (m = p->first; m; m = next) {
+		next = m->next;
+		if (!m->mr || m->busy)  /* a close in another thread unlinks it when done */
+			continue;
+		rc = ibv_dereg_mr(m->mr);
+		if (rc) {
+			if (!err)
+				err = -rc;
+			continue;
+		}
+		m->mr = NULL;
+		unlink_mr(m);
+		if (m->orphan)
+			free(m);
+	}
+	pthread_mutex_unlock(&mr_lock);
+	return err;
+}
+
+int rdmapin_pd_mrs(struct rdmapin_pd *p, struct rdmapin_mr_info *out, int max)
+{
+	struct rdmapin_mr *m;
+	int n = 0;
+
+	pthread_mutex_lock(&mr_lock);
+	for (m = p->first; m; m = m->next) {
+		if (!m->mr)
+			continue;
+		if (n < max) {
+			out[n].addr = m->addr;
+			out[n].length = m->length;
+			out[n].lkey = m->lkey;
+			out[n].rkey = m->rkey;
+			out[n].handle = m->handle;
+			out[n].access = m->access;
+		}
+		n++;
+	}
+	pthread_mutex_unlock(&mr_lock);
+	return n;
+}
+
+static void fill_mr(struct rdmapin_mr *m)
+{
+	m->addr = (uintptr_t)m->mr->addr;
+	m->length = m->mr->length;
+	m->lkey = m->mr->lkey;
+	m->rkey = m->mr->rkey;
+	m->handle = m->mr->handle;
+}
+
+/* Wrap a fresh ibv_mr for Python and put it on p's list; if either cannot be done (no
+ * memory, p closing meanwhile), undo the registration. */
+static struct rdmapin_mr *wrap_mr(struct rdmapin_pd *p, struct ibv_mr *mr, int access)
 {
 	struct rdmapin_mr *m;
 
 	if (!mr)
 		return fail_null(errno);
-	pthread_mutex_lock(&free_lock);
-	m = free_mrs;
-	if (m)
-		free_mrs = m->next_free;
-	pthread_mutex_unlock(&free_lock);
-	if (!m)
-		m = malloc(sizeof(*m));
+	m = calloc(1, sizeof(*m));
 	if (!m) {
 		ibv_dereg_mr(mr);
 		return fail_null(ENOMEM);
 	}
-	m->addr = (uintptr_t)mr->addr;
-	m->length = mr->length;
-	m->lkey = mr->lkey;
-	m->rkey = mr->rkey;
-	m->handle = mr->handle;
 	m->mr = mr;
-	m->next_free = NULL;
+	m->access = access;
+	fill_mr(m);
+	pthread_mutex_lock(&mr_lock);
+	if (p->closing) {
+		pthread_mutex_unlock(&mr_lock);
+		ibv_dereg_mr(mr);
+		free(m);
+		return fail_null(ESHUTDOWN);
+	}
+	link_mr(p, m);
+	pthread_mutex_unlock(&mr_lock);
 	return m;
 }
 
-struct rdmapin_mr *rdmapin_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access)
+struct rdmapin_mr *rdmapin_reg_mr(struct rdmapin_pd *p, void *addr, size_t length, int access)
 {
 	if (!length)
 		return fail_null(EINVAL);
+	if (p->closing)
+		return fail_null(ESHUTDOWN);
 	/* The real symbol, not the inline dispatcher (access is not a compile-time constant
 	 * here); optional-range flags need ibv_reg_mr_iova2, as in the dispatcher. */
 	if (access & IBV_ACCESS_OPTIONAL_RANGE)
-		return wrap_mr(ibv_reg_mr_iova2(pd, addr, length, (uintptr_t)addr, access));
-	return wrap_mr((ibv_reg_mr)(pd, addr, length, access));
+		return wrap_mr(p, ibv_reg_mr_iova2(p->pd, addr, length, (uintptr_t)addr, access),
+			       access);
+	return wrap_mr(p, (ibv_reg_mr)(p->pd, addr, length, access), access);
 }
 
-struct rdmapin_mr *rdmapin_reg_mr_at(struct ibv_pd *pd, uint64_t addr, size_t length,
+struct rdmapin_mr *rdmapin_reg_mr_at(struct rdmapin_pd *p, uint64_t addr, size_t length,
 				     int access)
 {
-	return rdmapin_reg_mr(pd, (void *)(uintptr_t)addr, length, access);
+	return rdmapin_reg_mr(p, (void *)(uintptr_t)addr, length, access);
 }
 
-struct rdmapin_mr *rdmapin_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length,
+struct rdmapin_mr *rdmapin_reg_mr_iova2(struct rdmapin_pd *p, void *addr, size_t length,
 					uint64_t iova, unsigned int access)
 {
-	return wrap_mr(ibv_reg_mr_iova2(pd, addr, length, iova, access));
+	if (p->closing)
+		return fail_null(ESHUTDOWN);
+	return wrap_mr(p, ibv_reg_mr_iova2(p->pd, addr, length, iova, access), (int)access);
 }
 
-struct rdmapin_mr *rdmapin_reg_dmabuf_mr(struct ibv_pd *pd, uint64_t offset, size_t length,
+struct rdmapin_mr *rdmapin_reg_dmabuf_mr(struct rdmapin_pd *p, uint64_t offset, size_t length,
 					 uint64_t iova, int fd, int access)
 {
-	return wrap_mr(ibv_reg_dmabuf_mr(pd, offset, length, iova, fd, access));
+	if (p->closing)
+		return fail_null(ESHUTDOWN);
+	return wrap_mr(p, ibv_reg_dmabuf_mr(p->pd, offset, length, iova, fd, access), access);
 }
 
 int rdmapin_dereg_mr(struct rdmapin_mr *m)
 {
-	int rc = ibv_dereg_mr(m->mr);
+	struct ibv_mr *mr;
+	int rc;
 
-	if (rc)
-		return -rc;
-	m->mr = NULL;
-	pthread_mutex_lock(&free_lock);
-	m->next_free = free_mrs;
-	free_mrs = m;
-	pthread_mutex_unlock(&free_lock);
-	return 0;
+	pthread_mutex_lock(&mr_lock);
+	mr = m->mr;
+	if (!mr || m->busy) {
+		pthread_mutex_unlock(&mr_lock);
+		return 1;
+	}
+	m->busy = 1;  /* claimed: PD close skips it, a second close returns 1 */
+	pthread_mutex_unlock(&mr_lock);
+	rc = ibv_dereg_mr(mr);
+	pthread_mutex_lock(&mr_lock);
+	m->busy = 0;
+	if (!rc) {
+		m->mr = NULL;
+		unlink_mr(m);
+	}
+	pthread_mutex_unlock(&mr_lock);
+	return rc ? -rc : 0;
 }
 
-int rdmapin_rereg_mr(struct rdmapin_mr *m, int flags, struct ibv_pd *pd, void *addr,
+void rdmapin_mr_free(struct rdmapin_mr *m)
+{
+	pthread_mutex_lock(&mr_lock);
+	if (m->mr && ibv_dereg_mr(m->mr)) {
+		m->orphan = 1;  /* still registered: stays listed, its PD's close frees it */
+		pthread_mutex_unlock(&mr_lock);
+		return;
+	}
+	m->mr = NULL;
+	unlink_mr(m);
+	pthread_mutex_unlock(&mr_lock);
+	free(m);
+}
+
+int rdmapin_rereg_mr(struct rdmapin_mr *m, int flags, struct rdmapin_pd *new_p, void *addr,
 		     size_t length, int access, int *rereg_err)
 {
 	int rc;
 
 	errno = 0;
-	rc = ibv_rereg_mr(m->mr, flags, pd, addr, length, access);
+	rc = ibv_rereg_mr(m->mr, flags, new_p ? new_p->pd : NULL, addr, length, access);
 	*rereg_err = rc;
 	if (rc)
 		return -(errno ? errno : EINVAL);
-	m->addr = (uintptr_t)m->mr->addr;
-	m->length = m->mr->length;
-	m->lkey = m->mr->lkey;
-	m->rkey = m->mr->rkey;
+	pthread_mutex_lock(&mr_lock);
+	fill_mr(m);
+	if (flags & IBV_REREG_MR_CHANGE_ACCESS)
+		m->access = access;
+	if (new_p && new_p != m->owner) {
+		unlink_mr(m);
+		link_mr(new_p, m);
+	}
+	pthread_mutex_unlock(&mr_lock);
 	return 0;
 }
 

@@ -16,18 +16,47 @@ struct ibv_device;
 struct ibv_pd;
 struct ibv_mr;
 
+struct rdmapin_mr;
+
+/* A PD as rdmapin holds it: the ibv_pd (allocated here or borrowed from pyverbs) and the
+ * list of its live MRs. Keeping the list here, not in Python, is what lets register/close
+ * cost one C call each (benchmarks/reg_cost.py): closing the PD deregisters the MRs still
+ * on it, and the registry reads them from here. Freed by rdmapin_pd_free (Python's
+ * ffi.gc), never by close, so a racing register never touches freed memory. */
+struct rdmapin_pd {
+	struct ibv_pd *pd;
+	int closing;                /* set by rdmapin_pd_close_mrs: no new MR joins */
+	int count;                  /* MRs on the list */
+	struct rdmapin_mr *first;
+};
+
 /* One registration as Python sees it: the keys and range as plain integers, read straight
- * from this struct (no casts, no second call). Owned by the shim and never returned to
- * malloc: rdmapin_dereg_mr puts it on a free list that the next registration reuses, so a
- * reader racing with close (the registry) reads stale numbers, never freed memory. */
+ * from this struct (no casts, no second call). Owned by the Python MemoryRegion through
+ * ffi.gc(m, rdmapin_mr_free): it outlives deregistration, so lkey stays readable for
+ * messages and a reader racing with close reads stale numbers, never freed memory. */
 struct rdmapin_mr {
 	uint64_t addr;
 	uint64_t length;
 	uint32_t lkey;
 	uint32_t rkey;
 	uint32_t handle;
-	struct ibv_mr *mr;
-	struct rdmapin_mr *next_free;
+	int access;
+	struct ibv_mr *mr;          /* NULL once deregistered (or while a close is in flight) */
+	struct rdmapin_pd *owner;   /* NULL once off its PD's list */
+	struct rdmapin_mr *prev;
+	struct rdmapin_mr *next;
+	int busy;                   /* a close is deregistering it outside the lock */
+	int orphan;                 /* Python dropped it but ibv_dereg_mr failed: PD close frees */
+};
+
+/* What the registry copies out of a PD's list. */
+struct rdmapin_mr_info {
+	uint64_t addr;
+	uint64_t length;
+	uint32_t lkey;
+	uint32_t rkey;
+	uint32_t handle;
+	int access;
 };
 
 /* errno saved by the last failing pointer-returning shim call in this thread. */
@@ -102,22 +131,35 @@ int rdmapin_dealloc_pd(struct ibv_pd *pd);
 int rdmapin_pd_device_name(struct ibv_pd *pd, char *buf, size_t len);
 uint32_t rdmapin_pd_handle(struct ibv_pd *pd);
 
-/* The hot path: one call, the MR back (keys are read from it), NULL + errno. Zero length
- * fails with EINVAL here; IBV_ACCESS_OPTIONAL_RANGE flags go through ibv_reg_mr_iova2 as
- * libibverbs' own inline ibv_reg_mr would. _at takes the address as an integer. */
-struct rdmapin_mr *rdmapin_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access);
-struct rdmapin_mr *rdmapin_reg_mr_at(struct ibv_pd *pd, uint64_t addr, size_t length,
+/* rdmapin's PD over an ibv_pd; NULL + errno (ENOMEM). rdmapin_pd_free is ffi.gc's
+ * destructor: it forgets (never deregisters) MRs still listed and frees the wrapper. */
+struct rdmapin_pd *rdmapin_pd_wrap(struct ibv_pd *pd);
+void rdmapin_pd_free(struct rdmapin_pd *p);
+/* Deregister every MR still on p and refuse new ones: 0, or the first -errno (those MRs
+ * stay listed and a second call retries them). */
+int rdmapin_pd_close_mrs(struct rdmapin_pd *p);
+/* Copy up to max live MRs of p into out; returns how many p has. */
+int rdmapin_pd_mrs(struct rdmapin_pd *p, struct rdmapin_mr_info *out, int max);
+
+/* The hot path: one call, the MR back (keys are read from it) and on p's list, or NULL +
+ * errno (ESHUTDOWN: p is closing). Zero length fails with EINVAL here;
+ * IBV_ACCESS_OPTIONAL_RANGE flags go through ibv_reg_mr_iova2 as libibverbs' own inline
+ * ibv_reg_mr would. _at takes the address as an integer. */
+struct rdmapin_mr *rdmapin_reg_mr(struct rdmapin_pd *p, void *addr, size_t length, int access);
+struct rdmapin_mr *rdmapin_reg_mr_at(struct rdmapin_pd *p, uint64_t addr, size_t length,
 				     int access);
-struct rdmapin_mr *rdmapin_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length,
+struct rdmapin_mr *rdmapin_reg_mr_iova2(struct rdmapin_pd *p, void *addr, size_t length,
 					uint64_t iova, unsigned int access);
-struct rdmapin_mr *rdmapin_reg_dmabuf_mr(struct ibv_pd *pd, uint64_t offset, size_t length,
+struct rdmapin_mr *rdmapin_reg_dmabuf_mr(struct rdmapin_pd *p, uint64_t offset, size_t length,
 					 uint64_t iova, int fd, int access);
-/* ibv_dereg_mr; on success the rdmapin_mr goes back to the free list. 0 or -errno (then
- * nothing changed). */
+/* ibv_dereg_mr and off the PD's list: 0; 1 when m was already closed (by its PD, another
+ * thread, an earlier close); -errno when ibv_dereg_mr failed (then nothing changed). */
 int rdmapin_dereg_mr(struct rdmapin_mr *m);
-/* Returns 0 or -errno and refreshes m's fields; *rereg_err gets ibv_rereg_mr's own
- * IBV_REREG_MR_ERR_* code. */
-int rdmapin_rereg_mr(struct rdmapin_mr *m, int flags, struct ibv_pd *pd, void *addr,
+/* ffi.gc's destructor for an MR's Python owner: deregisters it if still live, frees it. */
+void rdmapin_mr_free(struct rdmapin_mr *m);
+/* Returns 0 or -errno and refreshes m's fields (and moves m to new_p's list when the PD
+ * changes); *rereg_err gets ibv_rereg_mr's own IBV_REREG_MR_ERR_* code. */
+int rdmapin_rereg_mr(struct rdmapin_mr *m, int flags, struct rdmapin_pd *new_p, void *addr,
 		     size_t length, int access, int *rereg_err);
 int rdmapin_advise_mr(struct ibv_pd *pd, int advice, uint32_t flags, uint64_t addr,
 		      uint32_t length, uint32_t lkey);

@@ -1,8 +1,9 @@
 """The only module that touches the cffi ``lib``: each wrapper turns the shim's -errno/NULL
 into an exception (errno was saved by the shim at the failing call, never read later).
 
-The register/deregister hot path is exported raw (``reg_mr``, ``dereg_mr``, ``errno``) so
-rdmapin.mr pays one C call per operation; its failure branch comes back here for the errno.
+The register/deregister hot path is exported raw (``reg_mr``, ``dereg_mr``, ``errno``,
+``gc``/``mr_free``) so rdmapin.pd and rdmapin.mr pay one C call per operation; the PD's list
+of live MRs is kept by the shim. Failure branches come back here for the errno.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ reg_mr = lib.rdmapin_reg_mr
 reg_mr_at = lib.rdmapin_reg_mr_at
 reg_mr_iova2 = lib.rdmapin_reg_mr_iova2
 dereg_mr = lib.rdmapin_dereg_mr
+mr_free = lib.rdmapin_mr_free
 errno = lib.rdmapin_errno
 from_buffer = ffi.from_buffer
 release = ffi.release
+gc = ffi.gc
 
 # ibv_fork_status
 FORK_DISABLED, FORK_ENABLED, FORK_UNNEEDED = 0, 1, 2
@@ -111,14 +114,45 @@ def query_gid(ctx, port: int, index: int) -> bytes:
 
 
 def alloc_pd(ctx):
+    """A new ibv_pd in rdmapin's wrapper (see wrap_pd)."""
     pd = lib.rdmapin_alloc_pd(ctx)
     if not pd:
         raise DeviceError(lib.rdmapin_errno(), "ibv_alloc_pd")
-    return pd
+    try:
+        return wrap_pd(pd)
+    except BaseException:
+        lib.rdmapin_dealloc_pd(pd)
+        raise
 
 
-def dealloc_pd(pd) -> None:
-    _check(lib.rdmapin_dealloc_pd(pd), "ibv_dealloc_pd")
+def wrap_pd(pd):
+    """The shim's ``struct rdmapin_pd`` over ``pd`` (which it keeps the list of live MRs
+    of), freed when Python drops it."""
+    p = lib.rdmapin_pd_wrap(pd)
+    if not p:
+        raise MemoryError("rdmapin_pd_wrap")
+    return ffi.gc(p, lib.rdmapin_pd_free)
+
+
+def dealloc_pd(p) -> None:
+    _check(lib.rdmapin_dealloc_pd(p.pd), "ibv_dealloc_pd")
+
+
+def close_mrs(p) -> int:
+    """Deregister every MR still on PD ``p``; 0 or the first -errno."""
+    return lib.rdmapin_pd_close_mrs(p)
+
+
+def live_mrs(p) -> list:
+    """Copies (addr, length, lkey, rkey, handle, access) of the MRs live on PD ``p``."""
+    n = max(p.count, 1)
+    while True:
+        out = ffi.new("struct rdmapin_mr_info[]", n)
+        got = lib.rdmapin_pd_mrs(p, out, n)
+        if got <= n:
+            return [(i.addr, i.length, i.lkey, i.rkey, i.handle, i.access)
+                    for i in out[0:got]]
+        n = got  # more were registered meanwhile
 
 
 def pd_from_address(address: int):
@@ -150,7 +184,7 @@ def reg_dmabuf_mr(pd, offset: int, length: int, iova: int, fd: int, access: int)
 
 
 def rereg_mr(m, flags: int, pd, addr, length: int, access: int) -> tuple[int, int]:
-    """(-errno or 0, IBV_REREG_MR_ERR_* code)."""
+    """(-errno or 0, IBV_REREG_MR_ERR_* code); ``pd`` is the new rdmapin PD or None."""
     code = ffi.new("int *")
     rc = lib.rdmapin_rereg_mr(m, flags, pd if pd is not None else NULL,
                               addr if addr is not None else NULL, length, access, code)
@@ -200,7 +234,3 @@ def char_p(p):
 
 def buffer(p, length: int):
     return ffi.buffer(p, length)
-
-
-def gc(p, destructor):
-    return ffi.gc(p, destructor)

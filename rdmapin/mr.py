@@ -2,14 +2,14 @@
 
 While the MR lives, the export (ffi.from_buffer) keeps Python from resizing or freeing the
 memory under the NIC (a bytearray resize raises BufferError); close() deregisters, then
-releases the export. The register/close path is kept to one C call and a handful of
-attribute stores: it is what the benchmark compares with the C floor.
+releases the export. The register/close path is one C call and a few slot stores each: it
+is what the benchmark compares with the C floor. The shim's ``struct rdmapin_mr`` is owned
+through ffi.gc, so an MR dropped unclosed is deregistered by C when it is collected.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from rdmapin import _lib, registry
@@ -29,33 +29,8 @@ REREG_CHANGE_ACCESS = 1 << 2
 
 _dereg = _lib.dereg_mr
 _release = _lib.release
-
-
-def _collected(ref: _Ref) -> None:
-    """The MR was garbage-collected while registered: deregister it (never raise)."""
-    pd, m = ref.pd, ref.m
-    if pd is None or m is None or pd._mrs.pop(ref.lkey, None) is None:
-        return
-    ref.m = None
-    rc = _dereg(m)
-    if rc:
-        log.warning("deregistering collected MR lkey %#x failed: errno %d", ref.lkey, -rc)
-        return
-    ref.pd = None
-    if ref.buf is not None:
-        _release(ref.buf)
-        ref.buf = None
-
-
-class _Ref(weakref.ref):
-    """The PD's weak entry for one MR, carrying what is needed to deregister it.
-
-    It doubles as the finalizer: while the MR is registered the PD holds this ref, so if the
-    MR is collected unclosed the callback deregisters it; close() drops the ref first, so a
-    closed MR dies with no callback and no __del__ (nothing on the hot path).
-    """
-
-    __slots__ = ("buf", "lkey", "m", "pd")
+_gc = _lib.gc
+_mr_free = _lib.mr_free
 
 
 class MemoryRegion:
@@ -65,40 +40,34 @@ class MemoryRegion:
     field of a closed MR raises ClosedError, except ``lkey`` (kept for messages).
     """
 
-    __slots__ = ("__weakref__", "_access", "_r", "lkey")
+    __slots__ = ("__weakref__", "_buf", "_m", "_pd")
 
     @classmethod
     def _new(cls, pd: ProtectionDomain, m: Any, buf: Any, access: int) -> MemoryRegion:
         """Wrap a fresh rdmapin_mr (ProtectionDomain.register inlines this)."""
         self = _object_new(cls)
-        self._r = r = _Ref(self, _collected)
-        r.m = m
-        r.buf = buf
-        r.pd = pd
-        r.lkey = self.lkey = lkey = m.lkey
-        self._access = access
-        pd._mrs[lkey] = r
+        self._m = _gc(m, _mr_free)
+        self._buf = buf
+        self._pd = pd
         return self
 
     # -- lifetime ---------------------------------------------------------------------
     def close(self) -> None:
-        """Deregister (unpin) and release the buffer export; a second close does nothing."""
-        r = self._r
-        # dict.pop is atomic: of two threads closing at once, one gets the entry and
-        # deregisters, the other returns. A PD closing its children goes through here too.
-        if r is None or r.pd._mrs.pop(self.lkey, None) is None:
-            return
-        m = r.m
-        r.m = None  # before the free list can recycle m: readers re-check this
-        rc = _dereg(m)
-        if rc:
-            r.m = m
-            r.pd._mrs[self.lkey] = r
+        """Deregister (unpin) and release the buffer export; a second close does nothing.
+
+        The shim decides who deregisters: of two threads closing at once (or a close racing
+        its PD's close) one does, the others get 1 (already closed)."""
+        rc = _dereg(self._m)
+        if rc < 0:
             raise RegistrationError(-rc, f"ibv_dereg_mr(lkey {self.lkey:#x})")
-        self._r = None
-        buf = r.buf
+        buf = self._buf
         if buf is not None:
-            _release(buf)
+            self._buf = None
+            _release(buf)  # idempotent, should two closes race here
+
+    @property
+    def lkey(self) -> int:
+        return self._m.lkey
 
     def __enter__(self) -> MemoryRegion:
         return self
@@ -107,14 +76,14 @@ class MemoryRegion:
         self.close()
 
     def _live(self) -> Any:
-        r = self._r
-        if r is None or r.m is None:
-            raise ClosedError(f"MR lkey {self.lkey:#x} is closed")
-        return r.m
+        m = self._m
+        if not m.mr:
+            raise ClosedError(f"MR lkey {m.lkey:#x} is closed")
+        return m
 
     @property
     def closed(self) -> bool:
-        return self._r is None
+        return not self._m.mr
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -136,13 +105,12 @@ class MemoryRegion:
 
     @property
     def access(self) -> Access:
-        self._live()
-        return Access(self._access)
+        return Access(self._live().access)
 
     @property
     def pd(self) -> ProtectionDomain:
         self._live()
-        return self._r.pd  # type: ignore[union-attr]
+        return self._pd
 
     @property
     def device(self) -> str:
@@ -150,16 +118,11 @@ class MemoryRegion:
 
     def record(self) -> registry.MrRecord | None:
         """This MR as the registry's plain record (None once closed)."""
-        r = self._r
-        m = r.m if r is not None else None
-        pd = r.pd if r is not None else None
-        if m is None or pd is None:
+        m = self._m
+        if not m.mr:
             return None
-        rec = registry.MrRecord(pd._device, m.addr, m.length, m.lkey, m.rkey, self._access,
-                                m.handle)
-        # m may have been deregistered and recycled while we read it: keep only a record
-        # read while it was still this MR's.
-        return rec if r.m is m else None
+        return registry.MrRecord(self._pd._device, m.addr, m.length, m.lkey, m.rkey, m.access,
+                                 m.handle)
 
     def pages(self) -> Any:
         """What the kernel holds for this range now (rdmapin.pages.inspect)."""
@@ -174,7 +137,7 @@ class MemoryRegion:
         lacks it: rxe on 6.1 answers EOPNOTSUPP)."""
         m = self._live()
         flags = 0
-        new_access = self._access
+        new_access = m.access
         if access is not None:
             flags |= REREG_CHANGE_ACCESS
             new_access = int(access)
@@ -190,24 +153,19 @@ class MemoryRegion:
                                        f"{self.device}", hint="deregister and register again")
             raise RegistrationError(err, f"ibv_rereg_mr(lkey {self.lkey:#x}, flags {flags}, "
                                          f"code {code})")
-        r = self._r
-        r.pd._mrs.pop(self.lkey, None)  # type: ignore[union-attr]
         if pd is not None:
-            r.pd = pd  # type: ignore[union-attr]
-        self._access = new_access
-        r.lkey = self.lkey = m.lkey  # type: ignore[union-attr]
-        r.pd._mrs[self.lkey] = r  # type: ignore[union-attr]
+            self._pd = pd
 
     def advise(self, advice: int = 0, flags: int = 1, offset: int = 0,
                length: int | None = None) -> None:
         """ibv_advise_mr (prefetch for ODP MRs); UnsupportedError where the device lacks it."""
         m = self._live()
         n = m.length - offset if length is None else length
-        _lib.advise_mr(self.pd._handle(), advice, flags, m.addr + offset, n, self.lkey)
+        _lib.advise_mr(self.pd._handle().pd, advice, flags, m.addr + offset, n, self.lkey)
 
     def __repr__(self) -> str:
         if self.closed:
             return f"<MemoryRegion closed lkey={self.lkey:#x}>"
         m = self._live()
         return (f"<MemoryRegion {m.length} B at {m.addr:#x} lkey={self.lkey:#x} "
-                f"rkey={m.rkey:#x} access={Access(self._access)!s}>")
+                f"rkey={m.rkey:#x} access={Access(m.access)!s}>")

@@ -1,8 +1,10 @@
-"""ProtectionDomain: where memory is registered; owns (weakly) the MRs made in it.
+"""ProtectionDomain: where memory is registered.
 
-Closing a PD closes its live MRs first, then deallocates it. A PD taken from pyverbs
-(``from_pyverbs``) is never deallocated here: pyverbs owns it, rdmapin only registers into
-it, so pyverbs QPs can use rdmapin MRs.
+The list of a PD's live MRs is kept by the C shim (``struct rdmapin_pd``), so register and
+close are one C call each. Closing a PD deregisters (unpins) its live MRs first, then
+deallocates it; an MR closed that way keeps its Python buffer export until it is closed or
+dropped itself. A PD taken from pyverbs (``from_pyverbs``) is never deallocated here:
+pyverbs owns it, rdmapin only registers into it, so pyverbs QPs can use rdmapin MRs.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from rdmapin import _lib, explain, registry
 from rdmapin.access import WRITABLE, Access, describe
-from rdmapin.errors import BufferTypeError, ClosedError
-from rdmapin.mr import MemoryRegion, _collected, _Ref
+from rdmapin.errors import BufferTypeError, ClosedError, RegistrationError
+from rdmapin.mr import MemoryRegion
 
 if TYPE_CHECKING:
     from rdmapin.device import Device
@@ -24,6 +26,8 @@ _reg = _lib.reg_mr
 _reg_at = _lib.reg_mr_at
 _from_buffer = _lib.from_buffer
 _release = _lib.release
+_gc = _lib.gc
+_mr_free = _lib.mr_free
 _errno_of_call = _lib.errno
 _wrap = MemoryRegion._new
 _object_new = object.__new__
@@ -32,14 +36,7 @@ _live_pds: weakref.WeakSet[ProtectionDomain] = weakref.WeakSet()
 
 def _live_records() -> list[registry.MrRecord]:
     """registry source: every live MR of every live PD (read only when asked)."""
-    out = []
-    for pd in list(_live_pds):
-        for ref in list(pd._mrs.values()):
-            mr = ref()
-            rec = mr.record() if mr is not None else None
-            if rec is not None:
-                out.append(rec)
-    return out
+    return [rec for pd in list(_live_pds) for rec in pd.mrs]
 
 
 registry.add_source(_live_records)
@@ -51,10 +48,9 @@ class ProtectionDomain:
     def __init__(self, device: Device | None, pd: Any, *, owner: Any = None,
                  device_name: str | None = None) -> None:
         self._device_obj = device
-        self._pd = pd
+        self._pd = pd  # the shim's struct rdmapin_pd (ffi.gc-owned)
         self._owner = owner  # the pyverbs PD we borrowed pd from (kept alive), else None
-        self._device = device_name or _lib.pd_device_name(pd)
-        self._mrs: dict[int, _Ref] = {}
+        self._device = device_name or _lib.pd_device_name(pd.pd)
         self._max_mr_size: int | None = None
         _live_pds.add(self)
 
@@ -69,28 +65,26 @@ class ProtectionDomain:
             raise BufferTypeError(f"from_pyverbs needs an open pyverbs.pd.PD, got "
                                   f"{type(pyverbs_pd).__name__}")
         address = _pyverbs_pd_address(pyverbs_pd, handle)
-        return cls(None, _lib.pd_from_address(address), owner=pyverbs_pd)
+        return cls(None, _lib.wrap_pd(_lib.pd_from_address(address)), owner=pyverbs_pd)
 
     # -- lifetime ---------------------------------------------------------------------
     def close(self) -> None:
-        """Close live MRs, then deallocate the PD (not for a borrowed pyverbs PD)."""
+        """Deregister live MRs, then deallocate the PD (not for a borrowed pyverbs PD)."""
         pd, self._pd = self._pd, None
         if pd is None:
             return
-        for _ in range(3):  # a register racing with close may add one after the sweep
-            for ref in list(self._mrs.values()):
-                mr = ref()
-                if mr is not None:
-                    mr.close()
-                else:
-                    _collected(ref)  # MR gone but its entry left: deregister through it
+        for _ in range(3):  # a close in another thread may still be deregistering one
+            rc = _lib.close_mrs(pd)
+            if rc:
+                self._pd = pd
+                raise RegistrationError(-rc, f"closing the MRs of the PD on {self._device}")
             if self._owner is not None:
                 break
             try:
                 _lib.dealloc_pd(pd)
                 break
             except OSError as e:
-                if e.errno != _errno.EBUSY or not self._mrs:
+                if e.errno != _errno.EBUSY or not pd.count:
                     self._pd = pd
                     raise
         self._owner = None
@@ -117,6 +111,7 @@ class ProtectionDomain:
         return self._pd is None
 
     def _handle(self) -> Any:
+        """The shim's PD; raises ClosedError once closed."""
         if self._pd is None:
             raise ClosedError(f"PD on {self._device} is closed")
         return self._pd
@@ -128,12 +123,16 @@ class ProtectionDomain:
     @property
     def handle(self) -> int:
         """The PD's kernel handle (what `rdma resource show pd` lists)."""
-        return _lib.pd_handle(self._handle())
+        return _lib.pd_handle(self._handle().pd)
 
     @property
-    def mrs(self) -> list[MemoryRegion]:
-        """The live MRs registered through this object."""
-        return [m for r in list(self._mrs.values()) if (m := r()) is not None]
+    def mrs(self) -> list[registry.MrRecord]:
+        """The MRs live in this PD, as the registry's records (the shim's list, copied)."""
+        pd = self._pd
+        if pd is None:
+            return []
+        return [registry.MrRecord(self._device, a, n, lk, rk, acc, h)
+                for a, n, lk, rk, h, acc in _lib.live_mrs(pd)]
 
     def _max_mr(self) -> int | None:
         if self._max_mr_size is None and self._device_obj is not None:
@@ -148,7 +147,8 @@ class ProtectionDomain:
         pd = self._pd
         if pd is None:
             raise ClosedError(f"PD on {self._device} is closed; cannot register")
-        access = int(access)
+        if type(access) is not int:
+            access = int(access)
         if iova is not None:
             return self._register_iova(buffer, access, iova)
         if type(buffer) is tuple:
@@ -168,21 +168,18 @@ class ProtectionDomain:
             raise self._failed("ibv_reg_mr", buffer, cbuf, access)
         # MemoryRegion._new, inlined: this is the path the benchmark holds to the C floor.
         mr = _object_new(MemoryRegion)
-        mr._r = r = _Ref(mr, _collected)
-        r.m = m
-        r.buf = cbuf
-        r.pd = self
-        r.lkey = mr.lkey = lkey = m.lkey
-        mr._access = access
-        self._mrs[lkey] = r
-        if self._pd is None:  # closed by another thread while we registered
-            mr.close()
-            raise ClosedError(f"PD on {self._device} was closed during registration")
+        mr._m = _gc(m, _mr_free)
+        mr._buf = cbuf
+        mr._pd = self
         return mr
 
     def _failed(self, call: str, buffer: Any, cbuf: Any, access: int) -> Exception:
         """The explained error for a failed registration; releases the export first."""
         err = _errno_of_call()
+        if err == _errno.ESHUTDOWN and self._pd is None:
+            if cbuf is not None:
+                _release(cbuf)
+            return ClosedError(f"PD on {self._device} was closed during {call}")
         if cbuf is not None:
             addr, length = _lib.address_of(cbuf), len(cbuf)
             _release(cbuf)

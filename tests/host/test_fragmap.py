@@ -166,7 +166,7 @@ def test_free_pages_equal_zoneinfo_when_quiet():
     pages off in a busy guest), so a zone agrees when one of a few quiet reads matches."""
     pending: dict[str, tuple[int, int]] = {}
     agreed: set[str] = set()
-    for _ in range(5):
+    for _ in range(10):
         before = {z.label: z.free for z in zones.zoneinfo()}
         pm = blocks.build()
         after = {z.label: z.free for z in zones.zoneinfo()}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+import time
 
 import pytest
 from verbs_util import DEVICE, rdma_res
 
 import rdmapin
-from rdmapin import procfs
+from rdmapin import procfs, registry
 
 pytest_plugins = ("verbs_fixtures",)
 
@@ -39,6 +41,58 @@ def test_closing_pd_closes_live_mrs_first(dev, pins):
     assert all(m.closed for m in mrs)
     assert procfs.vm_pin() == pins[0]
     pd.close()  # idempotent
+
+
+@pytest.mark.rdma
+def test_mr_closed_by_its_pd_keeps_the_export_until_closed_itself(dev, pins):
+    """PD close unpins at once; the Python buffer export goes with the MR's own close."""
+    pd = dev.alloc_pd()
+    ba = bytearray(8192)
+    mr = pd.register(ba)
+    pd.close()
+    assert mr.closed and procfs.vm_pin() == pins[0]
+    assert pd.mrs == [] and not any(r.lkey == mr.lkey for r in registry.live())
+    with pytest.raises(BufferError):
+        ba.extend(b"x")
+    mr.close()
+    ba.extend(b"x")
+
+
+@pytest.mark.rdma
+def test_closing_pd_while_threads_register_leaves_nothing_pinned(dev, pins):
+    """Each register racing a PD close either returns an MR (unpinned by the close) or
+    raises ClosedError; none is left pinned, none crashes."""
+    pd = dev.alloc_pd()
+    bufs = [rdmapin.alloc(4 * 4096) for _ in range(4)]
+    start = threading.Barrier(len(bufs) + 1)
+    got: list[rdmapin.MemoryRegion] = []
+    refused: list[BaseException] = []
+    other: list[BaseException] = []
+
+    def work(buf):
+        start.wait()
+        while True:
+            try:
+                got.append(pd.register(buf))
+            except rdmapin.ClosedError as e:
+                refused.append(e)
+                return
+            except BaseException as e:  # re-raised in the main thread
+                other.append(e)
+                return
+
+    threads = [threading.Thread(target=work, args=(b,)) for b in bufs]
+    for t in threads:
+        t.start()
+    start.wait()
+    while len(got) < 8 and not other:
+        time.sleep(0.01)
+    pd.close()
+    for t in threads:
+        t.join()
+    assert other == [] and len(refused) == len(bufs)
+    assert all(m.closed for m in got)
+    assert procfs.vm_pin() == pins[0]
 
 
 @pytest.mark.rdma
