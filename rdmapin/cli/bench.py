@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         for o in ops:
             print(json.dumps({"kind": "per_op", "name": o.name, "median_us": o.median,
                               "best_us": o.best, "x_c": o.median / floor if floor else None,
-                              "rounds": o.rounds}, sort_keys=True))
+                              "paired_x_c": o.paired_ratio, "rounds": o.rounds}, sort_keys=True))
         for r in rows:
             print(json.dumps({"kind": "bulk", "size": r.size, "pages": r.pages,
                               "backing": r.backing, "reg_us": r.reg_us,
