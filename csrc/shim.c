@@ -213,6 +213,28 @@ uint32_t rdmapin_pd_handle(struct ibv_pd *pd)
 /* One lock for every PD's MR list: taken for a few pointer updates per register/close, and
  * held across ibv_dereg_mr only on the rare paths (PD close, an MR collected unclosed). */
 static pthread_mutex_t mr_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Broadcast when a PD's inflight count drops to 0 (a PD close waits for it). */
+static pthread_cond_t mr_idle = PTHREAD_COND_INITIALIZER;
+
+static void inflight_done(struct rdmapin_pd *p)
+{
+	if (--p->inflight == 0 && p->closing)
+		pthread_cond_broadcast(&mr_idle);
+}
+
+/* Start a registration on p: 0, or -ESHUTDOWN when p is closing. */
+static int inflight_begin(struct rdmapin_pd *p)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&mr_lock);
+	if (p->closing)
+		rc = -ESHUTDOWN;
+	else
+		p->inflight++;
+	pthread_mutex_unlock(&mr_lock);
+	return rc;
+}
 
 static void link_mr(struct rdmapin_pd *p, struct rdmapin_mr *m)
 {
@@ -268,9 +290,11 @@ int rdmapin_pd_close_mrs(struct rdmapin_pd *p)
 
 	pthread_mutex_lock(&mr_lock);
 	p->closing = 1;
+	while (p->inflight)
+		pthread_cond_wait(&mr_idle, &mr_lock);
 	for (m = p->first; m; m = next) {
 		next = m->next;
-		if (!m->mr || m->busy)  /* a close in another thread unlinks it when done */
+		if (!m->mr)
 			continue;
 		rc = ibv_dereg_mr(m->mr);
 		if (rc) {
@@ -319,39 +343,40 @@ static void fill_mr(struct rdmapin_mr *m)
 	m->handle = m->mr->handle;
 }
 
-/* Wrap a fresh ibv_mr for Python and put it on p's list; if either cannot be done (no
- * memory, p closing meanwhile), undo the registration. */
+/* Finish a registration begun with inflight_begin: wrap the fresh ibv_mr for Python and put
+ * it on p's list; if either cannot be done (no memory, p closing meanwhile), undo it. */
 static struct rdmapin_mr *wrap_mr(struct rdmapin_pd *p, struct ibv_mr *mr, int access)
 {
-	struct rdmapin_mr *m;
+	int err = mr ? ENOMEM : (errno ? errno : EIO);
+	struct rdmapin_mr *m = mr ? calloc(1, sizeof(*m)) : NULL;
 
-	if (!mr)
-		return fail_null(errno);
-	m = calloc(1, sizeof(*m));
-	if (!m) {
-		ibv_dereg_mr(mr);
-		return fail_null(ENOMEM);
+	if (m) {
+		m->mr = mr;
+		m->access = access;
+		fill_mr(m);
 	}
-	m->mr = mr;
-	m->access = access;
-	fill_mr(m);
 	pthread_mutex_lock(&mr_lock);
-	if (p->closing) {
+	if (m && !p->closing) {
+		link_mr(p, m);
+		inflight_done(p);
 		pthread_mutex_unlock(&mr_lock);
-		ibv_dereg_mr(mr);
-		free(m);
-		return fail_null(ESHUTDOWN);
+		return m;
 	}
-	link_mr(p, m);
+	if (m)
+		err = ESHUTDOWN;
+	if (mr)
+		ibv_dereg_mr(mr);  /* still counted in flight: the PD's close waits for this */
+	inflight_done(p);
 	pthread_mutex_unlock(&mr_lock);
-	return m;
+	free(m);
+	return fail_null(err);
 }
 
 struct rdmapin_mr *rdmapin_reg_mr(struct rdmapin_pd *p, void *addr, size_t length, int access)
 {
 	if (!length)
 		return fail_null(EINVAL);
-	if (p->closing)
+	if (inflight_begin(p))
 		return fail_null(ESHUTDOWN);
 	/* The real symbol, not the inline dispatcher (access is not a compile-time constant
 	 * here); optional-range flags need ibv_reg_mr_iova2, as in the dispatcher. */
@@ -370,7 +395,7 @@ struct rdmapin_mr *rdmapin_reg_mr_at(struct rdmapin_pd *p, uint64_t addr, size_t
 struct rdmapin_mr *rdmapin_reg_mr_iova2(struct rdmapin_pd *p, void *addr, size_t length,
 					uint64_t iova, unsigned int access)
 {
-	if (p->closing)
+	if (inflight_begin(p))
 		return fail_null(ESHUTDOWN);
 	return wrap_mr(p, ibv_reg_mr_iova2(p->pd, addr, length, iova, access), (int)access);
 }
@@ -378,13 +403,14 @@ struct rdmapin_mr *rdmapin_reg_mr_iova2(struct rdmapin_pd *p, void *addr, size_t
 struct rdmapin_mr *rdmapin_reg_dmabuf_mr(struct rdmapin_pd *p, uint64_t offset, size_t length,
 					 uint64_t iova, int fd, int access)
 {
-	if (p->closing)
+	if (inflight_begin(p))
 		return fail_null(ESHUTDOWN);
 	return wrap_mr(p, ibv_reg_dmabuf_mr(p->pd, offset, length, iova, fd, access), access);
 }
 
 int rdmapin_dereg_mr(struct rdmapin_mr *m)
 {
+	struct rdmapin_pd *p;
 	struct ibv_mr *mr;
 	int rc;
 
@@ -394,7 +420,10 @@ int rdmapin_dereg_mr(struct rdmapin_mr *m)
 		pthread_mutex_unlock(&mr_lock);
 		return 1;
 	}
-	m->busy = 1;  /* claimed: PD close skips it, a second close returns 1 */
+	m->busy = 1;  /* claimed: a second close returns 1 */
+	p = m->owner;
+	if (p)
+		p->inflight++;  /* the PD's close waits for this one */
 	pthread_mutex_unlock(&mr_lock);
 	rc = ibv_dereg_mr(mr);
 	pthread_mutex_lock(&mr_lock);
@@ -403,6 +432,8 @@ int rdmapin_dereg_mr(struct rdmapin_mr *m)
 		m->mr = NULL;
 		unlink_mr(m);
 	}
+	if (p)
+		inflight_done(p);
 	pthread_mutex_unlock(&mr_lock);
 	return rc ? -rc : 0;
 }

@@ -27,6 +27,7 @@ struct rdmapin_pd {
 	struct ibv_pd *pd;
 	int closing;                /* set by rdmapin_pd_close_mrs: no new MR joins */
 	int count;                  /* MRs on the list */
+	int inflight;               /* registrations and closes running outside the lock */
 	struct rdmapin_mr *first;
 };
 
@@ -135,8 +136,9 @@ uint32_t rdmapin_pd_handle(struct ibv_pd *pd);
  * destructor: it forgets (never deregisters) MRs still listed and frees the wrapper. */
 struct rdmapin_pd *rdmapin_pd_wrap(struct ibv_pd *pd);
 void rdmapin_pd_free(struct rdmapin_pd *p);
-/* Deregister every MR still on p and refuse new ones: 0, or the first -errno (those MRs
- * stay listed and a second call retries them). */
+/* Refuse new MRs, wait for registrations and closes in flight, then deregister every MR
+ * still on p: 0, or the first -errno (those MRs stay listed; a second call retries them).
+ * After it, ibv_dealloc_pd meets no MR of rdmapin's. */
 int rdmapin_pd_close_mrs(struct rdmapin_pd *p);
 /* Copy up to max live MRs of p into out; returns how many p has. */
 int rdmapin_pd_mrs(struct rdmapin_pd *p, struct rdmapin_mr_info *out, int max);
