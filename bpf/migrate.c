@@ -1,12 +1,23 @@
 /* Page migration: how many pages moved or stayed, why, and which folio refused.
  * Events: tracepoint migrate:mm_migrate_pages (succeeded, failed, thp_succeeded, thp_failed,
  *         thp_split, mode, reason), migrate:mm_migrate_pages_start (mode, reason; latency),
- *         fexit (or, without BPF trampolines, kprobe+kretprobe) move_to_new_folio: the src
- *         folio of a failed attempt (PFN, order, refcount, mapcount, pincount).
+ *         and one folio_fail per failed attempt to move one folio (PFN, order, refcount,
+ *         mapcount, pincount), from whichever of the two steps refused it:
+ *         unmap: fexit (or, without BPF trampolines, kprobe+kretprobe) try_to_migrate_one
+ *                returned false, so the folio stays mapped and this attempt fails (-EAGAIN)
+ *                before move_to_new_folio: every long-term-pinned private anonymous page
+ *                (anon-exclusive and maybe DMA-pinned: page_try_share_anon_rmap -EBUSY);
+ *         move:  fexit (or kprobe+kretprobe) move_to_new_folio < 0: an unmapped folio whose
+ *                extra references refuse the move (pinned shmem and page cache: -EAGAIN).
+ *         The kernel tries a refused folio up to NR_MAX_MIGRATE_PAGES_RETRY (10) times in one
+ *         migrate_pages call and counts it once in pgmigrate_fail.
  * -D parameters (rdmapin.trace.loader, from rdmapin.trace.features):
  *   HAVE_MIGRATE_START        migrate:mm_migrate_pages_start exists
  *   HAVE_MOVE_TO_NEW_FOLIO    move_to_new_folio is kprobe-able
  *   HAVE_FEXIT_MOVE_TO_NEW_FOLIO  ... and in BTF with BPF trampolines: use fexit
+ *   HAVE_TRY_TO_MIGRATE_ONE, HAVE_FEXIT_TRY_TO_MIGRATE_ONE   the same for try_to_migrate_one
+ *   RP_TTU_SPLIT_HUGE_PMD     enum ttu_flags value (BTF) marking a THP split's unmap, not a
+ *                             migration attempt
  *   RP_VMEMMAP_BASE_PTR       address of the kernel variable vmemmap_base (KASLR), or
  *   RP_VMEMMAP_START          the fixed vmemmap start when memory is not randomized
  *   RP_STRUCT_PAGE_SIZE, RP_PAGE_REFCOUNT_OFF, RP_PAGE_MAPCOUNT_OFF, RP_PG_HEAD,
@@ -69,8 +80,15 @@ TRACEPOINT_PROBE(migrate, mm_migrate_pages)
 	return 0;
 }
 
-#ifdef HAVE_MOVE_TO_NEW_FOLIO
+#if defined(HAVE_MOVE_TO_NEW_FOLIO) || defined(HAVE_TRY_TO_MIGRATE_ONE)
 struct folio;
+struct vm_area_struct;
+
+#define RP_EAGAIN 11
+enum rp_folio_stage {	/* rp_event.f of RP_FOLIO_FAIL */
+	RP_STAGE_MOVE = 0,	/* move_to_new_folio refused */
+	RP_STAGE_UNMAP = 1,	/* try_to_migrate_one could not unmap */
+};
 
 static __always_inline u64 rp_vmemmap(void)
 {
@@ -85,7 +103,7 @@ static __always_inline u64 rp_vmemmap(void)
 }
 
 /* One failed attempt to move folio ``src`` (-EAGAIN: extra references, i.e. pinned). */
-static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc)
+static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc, u32 stage)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct rp_migrate_call *call;
@@ -122,9 +140,13 @@ static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc)
 	ev.c = refcount;
 	ev.d = mapcount + 1;	/* _mapcount starts at -1 */
 	ev.e = pincount;
+	ev.f = stage;
 	rp_emit(ctx, &ev);
 	return 0;
 }
+#endif /* HAVE_MOVE_TO_NEW_FOLIO || HAVE_TRY_TO_MIGRATE_ONE */
+
+#ifdef HAVE_MOVE_TO_NEW_FOLIO
 
 #ifdef HAVE_FEXIT_MOVE_TO_NEW_FOLIO
 /* fexit: arguments and return value in one BPF trampoline call, far cheaper than a
@@ -139,7 +161,7 @@ KRETFUNC_PROBE(move_to_new_folio, struct folio *dst, struct folio *src, enum mig
 	/* src is a BTF pointer the verifier will not do arithmetic on; read its value as a
 	 * plain number (from the stack copy) to compute the PFN. */
 	bpf_probe_read_kernel(&addr, sizeof(addr), &src);
-	return rp_folio_failed(ctx, addr, rc);
+	return rp_folio_failed(ctx, addr, rc, RP_STAGE_MOVE);
 }
 #else
 BPF_HASH(rp_folio_inflight, u32, u64, RP_TID_SLOTS);
@@ -167,7 +189,71 @@ int rp_move_to_new_folio_ret(struct pt_regs *ctx)
 	rp_folio_inflight.delete(&tid);
 	if (rc >= 0)
 		return 0;
-	return rp_folio_failed(ctx, src, rc);
+	return rp_folio_failed(ctx, src, rc, RP_STAGE_MOVE);
 }
 #endif /* HAVE_FEXIT_MOVE_TO_NEW_FOLIO */
 #endif /* HAVE_MOVE_TO_NEW_FOLIO */
+
+#ifdef HAVE_TRY_TO_MIGRATE_ONE
+/* try_to_migrate_one(struct folio *folio, struct vm_area_struct *vma, unsigned long address,
+ *                    void *arg) -> bool: rmap_walk's callback that swaps one mapping of the
+ * folio for a migration entry; false stops the walk with the folio still mapped, and the
+ * migration attempt (migrate_folio_unmap / unmap_and_move) ends with -EAGAIN, never reaching
+ * move_to_new_folio. ``arg`` is the enum ttu_flags. */
+static __always_inline int rp_unmap_failed(void *ctx, u64 folio, u64 flags)
+{
+#ifdef RP_TTU_SPLIT_HUGE_PMD
+	if (flags & RP_TTU_SPLIT_HUGE_PMD)
+		return 0;	/* split_huge_page's unmap_folio: a split, not a migration */
+#endif
+	return rp_folio_failed(ctx, folio, -RP_EAGAIN, RP_STAGE_UNMAP);
+}
+
+#ifdef HAVE_FEXIT_TRY_TO_MIGRATE_ONE
+/* fexit: called for every mapping of every folio any migration moves, so a trampoline, not
+ * a kprobe pair. ``ok`` is the bool return: only its low byte is defined. */
+KRETFUNC_PROBE(try_to_migrate_one, struct folio *folio, struct vm_area_struct *vma,
+	       unsigned long address, void *arg, u8 ok)
+{
+	u64 addr = 0, flags = 0;
+
+	if (ok)
+		return 0;
+	bpf_probe_read_kernel(&addr, sizeof(addr), &folio);	/* BTF pointer -> number */
+	bpf_probe_read_kernel(&flags, sizeof(flags), &arg);
+	return rp_unmap_failed(ctx, addr, flags);
+}
+#else
+struct rp_unmap_call {
+	u64 folio;
+	u64 flags;
+};
+
+BPF_HASH(rp_unmap_inflight, u32, struct rp_unmap_call, RP_TID_SLOTS);
+
+int rp_try_to_migrate_one(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct rp_unmap_call call = { .folio = PT_REGS_PARM1(ctx), .flags = PT_REGS_PARM4(ctx) };
+
+	rp_unmap_inflight.update(&tid, &call);
+	return 0;
+}
+
+int rp_try_to_migrate_one_ret(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct rp_unmap_call *callp = rp_unmap_inflight.lookup(&tid);
+	u8 ok = PT_REGS_RC(ctx) & 0xff;
+	struct rp_unmap_call call;
+
+	if (!callp)
+		return 0;
+	call = *callp;
+	rp_unmap_inflight.delete(&tid);
+	if (ok)
+		return 0;
+	return rp_unmap_failed(ctx, call.folio, call.flags);
+}
+#endif /* HAVE_FEXIT_TRY_TO_MIGRATE_ONE */
+#endif /* HAVE_TRY_TO_MIGRATE_ONE */

@@ -24,7 +24,8 @@
 
 enum rp_kind {
 	RP_MIGRATE = 1,		/* migrate:mm_migrate_pages: a=succeeded b=failed c=thp_ok d=thp_fail e=thp_split f=latency ns */
-	RP_FOLIO_FAIL,		/* move_to_new_folio < 0: a=pfn b=order c=refcount d=mapcount e=pincount, ret=-errno */
+	RP_FOLIO_FAIL,		/* one refused attempt to migrate a folio: a=pfn b=order c=refcount d=mapcount e=pincount
+			 * f=stage (0 move_to_new_folio < 0, 1 try_to_migrate_one could not unmap), ret=-errno */
 	RP_COMPACT_BEGIN,	/* compaction:mm_compaction_begin: a=zone_start b=migrate_pfn c=free_pfn d=zone_end e=sync */
 	RP_COMPACT_END,		/* compaction:mm_compaction_end: same, ret=status, f=latency ns */
 	RP_ISOLATE_MIGRATE,	/* mm_compaction_isolate_migratepages: a=start_pfn b=end_pfn c=nr_scanned d=nr_taken */

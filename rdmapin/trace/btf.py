@@ -1,8 +1,8 @@
 """Just enough of the kernel's BTF (/sys/kernel/btf/vmlinux) to find struct member offsets and
-enum values by name: the struct page / folio layout the folio-failure probe reads, the
-PG_head bit, FOLL_LONGTERM. Layouts move between kernels (6.1 keeps ``_folio_order`` as a
-byte of struct folio; later kernels fold the order into ``_flags_1``), so they are looked
-up, never assumed.
+enum values by name: the struct page / folio layout the folio-failure probes read, the
+PG_head bit, FOLL_LONGTERM, TTU_SPLIT_HUGE_PMD. Layouts move between kernels (6.1 keeps
+``_folio_order`` as a byte of struct folio; later kernels fold the order into ``_flags_1``),
+so they are looked up, never assumed.
 
 The walk over ~100k types decodes only the names asked for (compared as string-table
 offsets), because in a TCG guest a full decode takes tens of seconds.
@@ -25,8 +25,8 @@ _TAIL = {_INT: 4, _VAR: 4, _DECL_TAG: 4, _ARRAY: 12}       # fixed trailing byte
 _PER_MEMBER = {_STRUCT: 12, _UNION: 12, _ENUM: 8, _FUNC_PROTO: 8, _DATASEC: 12, _ENUM64: 12}
 
 STRUCTS = ("page", "folio")
-FUNCS = ("move_to_new_folio",)
-ENUMS = ("PG_head", "FOLL_LONGTERM")
+FUNCS = ("move_to_new_folio", "try_to_migrate_one")
+ENUMS = ("PG_head", "FOLL_LONGTERM", "TTU_SPLIT_HUGE_PMD")
 
 
 class Btf:

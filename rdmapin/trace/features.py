@@ -44,12 +44,21 @@ COMPACTION_CORE = ("mm_compaction_begin", "mm_compaction_end",
 KPROBES = (
     ("folio_fail", "move_to_new_folio", "HAVE_MOVE_TO_NEW_FOLIO",
      (("rp_move_to_new_folio", False), ("rp_move_to_new_folio_ret", True))),
+    ("folio_unmap", "try_to_migrate_one", "HAVE_TRY_TO_MIGRATE_ONE",
+     (("rp_try_to_migrate_one", False), ("rp_try_to_migrate_one_ret", True))),
     ("umem", "ib_umem_get", "HAVE_UMEM",
      (("rp_umem_get", False), ("rp_umem_get_ret", True))),
     ("umem_release", "ib_umem_release", "HAVE_UMEM", (("rp_umem_release", False),)),
     ("pin_fast", "pin_user_pages_fast", "HAVE_PIN_FAST", (("rp_pin_fast", False),)),
     ("pin_remote", "pin_user_pages_remote", "HAVE_PIN_REMOTE", (("rp_pin_remote", False),)),
 )
+
+# The per-folio failure probes (bpf/migrate.c), one for each step that refuses a pinned
+# folio: try_to_migrate_one cannot unmap a pinned private anonymous page, so the attempt
+# never reaches move_to_new_folio, which refuses the pinned pages that were unmapped (shmem,
+# page cache). Each is an fexit program where BPF trampolines and BTF allow (probe -> -D).
+FOLIO_PROBES = {"folio_fail": "HAVE_FEXIT_MOVE_TO_NEW_FOLIO",
+                "folio_unmap": "HAVE_FEXIT_TRY_TO_MIGRATE_ONE"}
 
 
 @dataclass(frozen=True)
@@ -235,16 +244,22 @@ def _foll_longterm(feat: Features) -> int | None:
     return None
 
 
-def _fexit_ok(func: str) -> bool:
-    """BPF trampolines (fentry/fexit) exist here and BTF describes ``func``."""
-    b = _btf.vmlinux()
-    if b is None or func not in b.funcs:
-        return False
+@functools.cache
+def _trampolines() -> bool:
+    """BPF trampolines (fentry/fexit) exist here (asked once: bcc looks up a kernel symbol)."""
     try:
         from bcc import BPF
     except ImportError:
         return False
     return bool(BPF.support_kfunc())
+
+
+def _fexit_ok(func: str) -> bool:
+    """BPF trampolines exist here and BTF describes ``func``."""
+    b = _btf.vmlinux()
+    if b is None or func not in b.funcs:
+        return False
+    return _trampolines()
 
 
 def _folio_layout(feat: Features) -> str | None:
@@ -330,14 +345,21 @@ def probe() -> Features:
         else:
             feat.available[name] = func
             feat.defines[define] = None
-    if "folio_fail" in feat.available:
-        why = _folio_layout(feat)
+    folio_probes = [n for n in FOLIO_PROBES if n in feat.available]
+    why = _folio_layout(feat) if folio_probes else None
+    for name in folio_probes:
+        func = feat.available[name]
         if why:
-            feat.available.pop("folio_fail")
-            feat.defines.pop("HAVE_MOVE_TO_NEW_FOLIO", None)
-            feat.missing["folio_fail"] = why
-        elif _fexit_ok("move_to_new_folio"):
-            feat.defines["HAVE_FEXIT_MOVE_TO_NEW_FOLIO"] = None
+            feat.available.pop(name)
+            feat.defines.pop(next(k[2] for k in KPROBES if k[0] == name), None)
+            feat.missing[name] = why
+        elif _fexit_ok(func):
+            feat.defines[FOLIO_PROBES[name]] = None
+    if feat.has("folio_unmap"):
+        b = _btf.vmlinux()
+        split = b.enums.get("TTU_SPLIT_HUGE_PMD") if b is not None else None
+        if split is not None:  # else a THP split's unmap failure counts as an attempt too
+            feat.defines["RP_TTU_SPLIT_HUGE_PMD"] = hex(split)
     if feat.has("pin_fast") or feat.has("pin_remote"):
         foll = _foll_longterm(feat)
         if foll is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdmapin.errors import RdmapinError, UnsupportedError
-from rdmapin.trace.features import KPROBES, Features
+from rdmapin.trace.features import FOLIO_PROBES, KPROBES, Features
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,13 @@ def load(feat: Features, *, ringbuf: bool | None = None,
         try:
             b = BPF(text=source(files).encode(), cflags=cflags(feat, use_ring, extra))
         except Exception as e:
-            if "HAVE_FEXIT_MOVE_TO_NEW_FOLIO" not in feat.defines:
+            fexits = [d for d in FOLIO_PROBES.values() if d in feat.defines]
+            if not fexits:
                 raise
-            # The kernel refused the fexit program (trampolines off, lockdown): kprobes then.
-            log.warning("fexit on move_to_new_folio refused (%s); using kprobe+kretprobe", e)
-            feat.defines.pop("HAVE_FEXIT_MOVE_TO_NEW_FOLIO")
+            # The kernel refused an fexit program (trampolines off, lockdown): kprobes then.
+            log.warning("fexit refused (%s); using kprobe+kretprobe pairs", e)
+            for d in fexits:
+                feat.defines.pop(d)
             b = BPF(text=source(files).encode(), cflags=cflags(feat, use_ring, extra))
     except Exception as e:  # bcc raises bare Exception on compile/load failures
         raise RdmapinError(f"bcc could not build the tracer from {', '.join(files)}: {e}",
@@ -146,12 +148,13 @@ def load(feat: Features, *, ringbuf: bool | None = None,
                         for tp in b.tracepoint_fds]
     prog.attached = [feat.available[n] for n in feat.available
                      if not n.startswith(("folio", "umem", "pin"))]
-    if "HAVE_FEXIT_MOVE_TO_NEW_FOLIO" in feat.defines:  # bcc attached it while loading
-        prog.kretfuncs.append("move_to_new_folio")
-        prog.attached.append("move_to_new_folio (fexit)")
+    fexit = {n for n, d in FOLIO_PROBES.items() if d in feat.defines and n in feat.available}
     for name, func, _define, fns in KPROBES:
-        if name not in feat.available or (
-                name == "folio_fail" and "HAVE_FEXIT_MOVE_TO_NEW_FOLIO" in feat.defines):
+        if name not in feat.available:
+            continue
+        if name in fexit:  # bcc attached the fexit program while loading
+            prog.kretfuncs.append(func)
+            prog.attached.append(f"{func} (fexit)")
             continue
         try:
             for fn, ret in fns:

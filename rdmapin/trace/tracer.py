@@ -29,6 +29,8 @@ from rdmapin.trace.ledger import Ledger
 log = logging.getLogger(__name__)
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# rp_event.f of a folio failure (enum rp_folio_stage, bpf/migrate.c): the step that refused
+STAGES = {0: "move", 1: "unmap"}
 POLL_MS = 50
 PERF_PAGES = 1024
 
@@ -209,7 +211,7 @@ class Tracer:
         elif kind == Kind.FOLIO_FAIL:
             ev.pfn = r.a
             ev.detail = {"order": r.b, "refcount": r.c, "mapcount": r.d, "pincount": r.e,
-                         "errno": _errname(r.ret)}
+                         "errno": _errname(r.ret), "stage": STAGES.get(r.f, str(r.f))}
             o = self._lookup(r.a) or self.ledger.registering(r.tid)
             if o is not None:
                 ev.owners = [o]
