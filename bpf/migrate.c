@@ -10,7 +10,10 @@
  *         move:  fexit (or kprobe+kretprobe) move_to_new_folio < 0: an unmapped folio whose
  *                extra references refuse the move (pinned shmem and page cache: -EAGAIN).
  *         The kernel tries a refused folio up to NR_MAX_MIGRATE_PAGES_RETRY (10) times in one
- *         migrate_pages call and counts it once in pgmigrate_fail.
+ *         migrate_pages call and counts it once in pgmigrate_fail; so is it here: the first
+ *         refused attempt of a folio in a call is the event (and RPC_FOLIO_FAILS), the
+ *         call's further attempts on it only count (RPC_FOLIO_RETRIES). Ten events per
+ *         pinned page overflowed a 16 MiB ring for one 64 MiB MR and took minutes to drain.
  * -D parameters (rdmapin.trace.loader, from rdmapin.trace.features):
  *   HAVE_MIGRATE_START        migrate:mm_migrate_pages_start exists
  *   HAVE_MOVE_TO_NEW_FOLIO    move_to_new_folio is kprobe-able
@@ -18,6 +21,8 @@
  *   HAVE_TRY_TO_MIGRATE_ONE, HAVE_FEXIT_TRY_TO_MIGRATE_ONE   the same for try_to_migrate_one
  *   RP_TTU_SPLIT_HUGE_PMD     enum ttu_flags value (BTF) marking a THP split's unmap, not a
  *                             migration attempt
+ *   RP_FOLIO_SEEN_SLOTS       bound of the folio -> last migrate call map (an LRU: a folio
+ *                             evicted mid-call is reported again, never hidden)
  *   RP_VMEMMAP_BASE_PTR       address of the kernel variable vmemmap_base (KASLR), or
  *   RP_VMEMMAP_START          the fixed vmemmap start when memory is not randomized
  *   RP_STRUCT_PAGE_SIZE, RP_PAGE_REFCOUNT_OFF, RP_PAGE_MAPCOUNT_OFF, RP_PG_HEAD,
@@ -102,7 +107,22 @@ static __always_inline u64 rp_vmemmap(void)
 #endif
 }
 
-/* One failed attempt to move folio ``src`` (-EAGAIN: extra references, i.e. pinned). */
+#ifndef RP_FOLIO_SEEN_SLOTS
+#define RP_FOLIO_SEEN_SLOTS 65536
+#endif
+
+/* The migrate_pages call (thread and start time) that last reported a folio. */
+struct rp_folio_seen {
+	u64 call_ts;
+	u32 tid;
+	u32 pad;
+};
+
+BPF_TABLE("lru_hash", u64, struct rp_folio_seen, rp_folio_seen, RP_FOLIO_SEEN_SLOTS);
+
+/* One failed attempt to move folio ``src`` (-EAGAIN: extra references, i.e. pinned): an
+ * event for the first attempt in a migrate_pages call, a count for the retries. Outside a
+ * known call (no mm_migrate_pages_start, or tracing began mid-call) every attempt is one. */
 static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc, u32 stage)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -112,10 +132,20 @@ static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc, u32 stage
 	s32 refcount = 0, mapcount = 0, pincount = 0;
 	u8 order = 0;
 
+	call = rp_migrate_inflight.lookup(&tid);
+	if (call) {
+		struct rp_folio_seen now = { .call_ts = call->ts_ns, .tid = tid, .pad = 0 };
+		struct rp_folio_seen *seen = rp_folio_seen.lookup(&src);
+
+		if (seen && seen->call_ts == now.call_ts && seen->tid == now.tid) {
+			rp_count(RPC_FOLIO_RETRIES, 1);
+			return 0;
+		}
+		rp_folio_seen.update(&src, &now);
+	}
 	rp_count(RPC_FOLIO_FAILS, 1);
 	rp_init(&ev, RP_FOLIO_FAIL);
 	ev.ret = rc;
-	call = rp_migrate_inflight.lookup(&tid);
 	if (call) {
 		ev.reason = call->reason;
 		ev.mode = call->mode;

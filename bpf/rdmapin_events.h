@@ -68,7 +68,8 @@ enum rp_counter {
 	RPC_COMPACT_MIGRATED,
 	RPC_COMPACT_MIGRATE_FAILED,
 	RPC_COMPACT_DEFERRED,
-	RPC_FOLIO_FAILS,
+	RPC_FOLIO_FAILS,	/* folios refused, once per migrate_pages call (the events) */
+	RPC_FOLIO_RETRIES,	/* that call's further refused attempts on them (not events) */
 	RPC_ISOLATION_TESTS,
 	RPC_ISOLATION_FAILS,
 	RPC_COLLAPSE_CALLS,

@@ -34,9 +34,9 @@ COUNTERS = (
     "pgmigrate_success", "pgmigrate_fail", "thp_migration_success", "thp_migration_fail",
     "thp_migration_split", "migrate_calls", "compact_migrate_scanned", "compact_free_scanned",
     "compact_isolated", "compaction_runs", "compaction_migrated", "compaction_migrate_failed",
-    "compaction_deferred", "folio_failures", "isolation_tests", "isolation_failures",
-    "collapse_calls", "collapse_failures", "umem_gets", "umem_bytes", "umem_releases",
-    "longterm_pins", "lost_events",
+    "compaction_deferred", "folio_failures", "folio_retries", "isolation_tests",
+    "isolation_failures", "collapse_calls", "collapse_failures", "umem_gets", "umem_bytes",
+    "umem_releases", "longterm_pins", "lost_events",
 )
 VMSTAT_KEYS = COUNTERS[:5] + COUNTERS[6:9]
 

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 HEADER = "rdmapin_events.h"
-# 16 MiB: compact_memory over a 512 MiB MR emits ~46k per-folio failures (each pinned folio
-# is retried 10 times) faster than a TCG guest drains them; 4 MiB lost ~7k of them.
+# 16 MiB (~160k events): compact_memory over a 512 MiB MR emitted ~46k per-folio failures
+# faster than a TCG guest drains them when each of a pinned folio's 10 retries was an event
+# (4 MiB lost ~7k); bpf/migrate.c now emits one per folio and migrate_pages call.
 RINGBUF_PAGES = 4096
 
 

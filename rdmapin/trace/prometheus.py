@@ -1,7 +1,7 @@
 """The tracer's counters for a fleet's Prometheus, served on loopback by default.
 
 Counters are read from the tracer at scrape time (no second bookkeeping): the vmstat-named
-totals, lost events, and failed migration attempts by owner.
+totals, lost events, and folios that failed to migrate by owner.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ def serve(host: str, port: int, totals: Callable[[], dict[str, int]],
                 yield CounterMetricFamily(f"rdmapin_trace_{name}",
                                           f"{name} seen by the tracer since it started",
                                           value=value)
-            fam = CounterMetricFamily("rdmapin_trace_failed_attempts",
-                                      "failed folio migration attempts by pinning owner",
+            fam = CounterMetricFamily("rdmapin_trace_owner_folio_failures",
+                                      "folios that failed to migrate, once per migration "
+                                      "call, by pinning owner",
                                       labels=["pid", "comm", "lkey"])
             for row in by_owner():
                 fam.add_metric([str(row["pid"]), str(row["comm"]),
                                 "" if row["lkey"] is None else hex(row["lkey"])],
-                               row["attempts"])
+                               row["failures"])
             yield fam
 
     collector = Collector()

@@ -1,6 +1,6 @@
-"""Interval and final summaries: failures by reason and by owner, compaction scan/skip
-ratios over pinned pageblocks, latency histograms, lost events. Fed one event at a time so
-the CLI need not keep them."""
+"""Interval and final summaries: failures by reason and by owner (a folio counts once per
+migration call, as in pgmigrate_fail), compaction scan/skip ratios over pinned pageblocks,
+latency histograms, lost events. Fed one event at a time so the CLI need not keep them."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Summary:
 
     def reset(self) -> None:
         self.migrate_pages: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.folio_attempts: collections.Counter[tuple] = collections.Counter()
+        self.folio_failures: collections.Counter[tuple] = collections.Counter()
         self.folio_pfns: dict[tuple, set[int]] = collections.defaultdict(set)
         self.compact: dict[tuple, dict[str, int]] = collections.defaultdict(
             lambda: {"blocks": 0, "pinned": 0, "scanned": 0, "taken": 0})
@@ -42,7 +42,7 @@ class Summary:
             o = ev.owners[0] if ev.owners else None
             k = _key(o)
             self.owners[k] = o
-            self.folio_attempts[k] += 1
+            self.folio_failures[k] += 1
             self.folio_pfns[k].add(ev.pfn)
         elif ev.kind in (Kind.ISOLATE_MIGRATE, Kind.ISOLATE_FREE):
             # compact_all: the migrate scanner (what compact_migrate_scanned counts); per
@@ -77,8 +77,8 @@ class Summary:
 
     def failures_by_owner(self) -> list[dict[str, Any]]:
         rows = []
-        for k, n in self.folio_attempts.most_common():
-            rows.append({**self._owner_cols(self.owners[k]), "attempts": n,
+        for k, n in self.folio_failures.most_common():
+            rows.append({**self._owner_cols(self.owners[k]), "failures": n,
                          "pfns": len(self.folio_pfns[k])})
         return rows
 
@@ -132,9 +132,9 @@ def render(s: Summary, totals: dict[str, int], hists: dict[str, dict[int, int]],
         for reason, r in sorted(d["migrate_by_reason"].items()):
             out.append(f"{reason:<20} {r.get('succeeded', 0):>10} {r.get('failed', 0):>13}")
     if d["failures_by_owner"]:
-        out.append(f"{'FAILED ATTEMPTS':>15} {'PFNS':>6}  OWNER")
+        out.append(f"{'FOLIO FAILURES':>15} {'PFNS':>6}  OWNER")
         for r in d["failures_by_owner"]:
-            out.append(f"{r['attempts']:>15} {r['pfns']:>6}  {r['owner']}")
+            out.append(f"{r['failures']:>15} {r['pfns']:>6}  {r['owner']}")
     c = d["compaction"]
     if c["blocks"]:
         ratio = f"{c['skip_ratio']:.3f}" if c["skip_ratio"] is not None else "-"

@@ -85,8 +85,8 @@ def test_summary_groups_failures_by_owner_and_compaction_skip_ratio():
     for e in evs:
         s.feed(e)
     rows = s.failures_by_owner()
-    assert rows[0]["lkey"] == 0x222 and rows[0]["attempts"] == 3 and rows[0]["pfns"] == 2
-    assert rows[1]["owner"] == "unowned" and rows[1]["attempts"] == 1
+    assert rows[0]["lkey"] == 0x222 and rows[0]["failures"] == 3 and rows[0]["pfns"] == 2
+    assert rows[1]["owner"] == "unowned" and rows[1]["failures"] == 1
     (c,) = s.compaction_by_owner()
     assert (c["blocks"], c["pinned"], c["scanned"], c["taken"]) == (1, 384, 512, 128)
     assert c["skip_ratio"] == pytest.approx(0.75)
