@@ -3,9 +3,15 @@
  *         RDMA core pins an MR's pages here with pin_user_pages_fast(FOLL_LONGTERM)),
  *         kprobe ib_umem_release(umem); kprobes pin_user_pages_fast and pin_user_pages_remote
  *         with FOLL_LONGTERM set, outside ib_umem_get (io_uring fixed buffers, VFIO, ...).
+ *         Maps: rp_umem_live, the registrations alive now, and rp_umem_gen, bumped by each
+ *         new one: the user side reads a new MR's pages from its pagemap while the MR still
+ *         pins them, not when it gets to the event (the ring is read in order, and behind a
+ *         flood of folio failures a TCG guest was measured ~50 s late: long after a
+ *         short-lived MR was released and its pages moved).
  * -D parameters: HAVE_UMEM (ib_umem_get/release attachable), HAVE_PIN_FAST, HAVE_PIN_REMOTE
  *   (attach only), RP_FOLL_LONGTERM (the flag's value, from BTF or the kernel's mm.h; it
- *   moved from a #define to an enum after 6.1).
+ *   moved from a #define to an enum after 6.1), RP_UMEM_SLOTS (bound of rp_umem_live; a
+ *   registration past it is read when its event is, as before).
  */
 #include "rdmapin_events.h"
 
@@ -16,6 +22,21 @@ struct rp_umem_call {
 };
 
 BPF_HASH(rp_umem_inflight, u32, struct rp_umem_call, RP_TID_SLOTS);
+
+#ifndef RP_UMEM_SLOTS
+#define RP_UMEM_SLOTS 16384
+#endif
+
+struct rp_umem_live {
+	u64 ts_ns;	/* its RP_UMEM_GET event's: tells a reused umem pointer apart */
+	u64 addr;
+	u64 size;
+	u32 pid;
+	u32 pad;
+};
+
+BPF_HASH(rp_umem_live, u64, struct rp_umem_live, RP_UMEM_SLOTS);	/* umem -> range */
+BPF_ARRAY(rp_umem_gen, u64, 1);
 
 /* ib_umem_get(struct ib_device *device, unsigned long addr, size_t size, int access) */
 int rp_umem_get(struct pt_regs *ctx)
@@ -52,9 +73,20 @@ int rp_umem_get_ret(struct pt_regs *ctx)
 	if (umem < 0 && umem >= -4095) {	/* IS_ERR() */
 		ev.ret = umem;
 	} else {
+		struct rp_umem_live live = {
+			.ts_ns = ev.ts_ns, .addr = ev.a, .size = ev.b, .pid = ev.pid, .pad = 0,
+		};
+		u64 key = umem;
+		int zero = 0;
+		u64 *gen;
+
 		ev.c = umem;
 		rp_count(RPC_UMEM_GETS, 1);
 		rp_count(RPC_UMEM_BYTES, ev.b);
+		rp_umem_live.update(&key, &live);
+		gen = rp_umem_gen.lookup(&zero);
+		if (gen)
+			__sync_fetch_and_add(gen, 1);
 	}
 	rp_emit(ctx, &ev);
 	return 0;
@@ -68,6 +100,7 @@ int rp_umem_release(struct pt_regs *ctx)
 
 	if (!umem)
 		return 0;
+	rp_umem_live.delete(&umem);
 	rp_count(RPC_UMEM_RELEASES, 1);
 	rp_init(&ev, RP_UMEM_RELEASE);
 	ev.c = umem;

@@ -2,15 +2,45 @@
 
 ib_umem_get's entry says a thread is registering [addr, addr+size) (migrations it causes
 meanwhile, reason longterm_pin, are that registration's); its return gives the umem pointer
-that ib_umem_release later names. At the return the pages are pinned and stay put, so their
-PFNs are read from the process's pagemap right then.
+that ib_umem_release later names. From the return until the release the pages are pinned
+and stay put, so their PFNs are read from the process's pagemap then: by ``watch``, which
+the tracer calls every few tens of ms with the registrations alive in the kernel (the
+rp_umem_live map), because the events themselves may be read far too late (the ring is
+read in order, and behind a flood of folio failures a TCG guest was ~50 s late, by when a
+short-lived MR was released and its pages had moved). A registration ``watch`` missed is
+read when its event is.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from rdmapin import registry
+from rdmapin.pages import pagemap
 from rdmapin.trace.attribution import Owner, OwnerMap
+
+KEYS_RETRY_S = 0.25  # how often an MR's keys are asked of the kernel until it lists them,
+KEYS_GIVE_UP_S = 5.0  # for this long (without CAP_NET_ADMIN it never says them)
+EARLY_MAX = 4096     # registrations read ahead whose event has not been read yet
+
+
+@dataclass
+class Early:
+    """A live registration's pages (and MR keys), read before its event was."""
+
+    pid: int
+    addr: int
+    size: int
+    pfns: np.ndarray
+    lkey: int | None = None
+    device: str | None = None
+    keys_next: float = 0.0
+    keys_until: float = 0.0
 
 
 @dataclass
@@ -26,6 +56,8 @@ class Ledger:
     owners: OwnerMap
     pending: dict[int, Pending] = field(default_factory=dict)  # tid -> registration
     by_umem: dict[int, int] = field(default_factory=dict)      # umem pointer -> owner ident
+    early: dict[tuple[int, int], Early] = field(default_factory=dict)  # (umem, ts) -> read
+    read_ahead: set[tuple[int, int]] = field(default_factory=set)  # live ones, read or used
     registered: int = 0
     released: int = 0
     failed: int = 0
@@ -36,14 +68,19 @@ class Ledger:
         return o
 
     def got(self, tid: int, pid: int, comm: str, addr: int, size: int, umem: int,
-            ret: int) -> Owner | None:
+            ret: int, ts_ns: int | None = None) -> Owner | None:
         p = self.pending.pop(tid, None)
         if ret < 0:
             self.failed += 1
             return p.owner if p else None
         o = p.owner if p else Owner(pid=pid, comm=comm, addr=addr, length=size, source="ledger")
         o.umem = umem
-        self.owners.add_range(o)
+        e = self.early.pop((umem, ts_ns), None)
+        if e is not None:
+            o.lkey, o.device = e.lkey, e.device
+            self.owners.add(o, e.pfns)
+        else:
+            self.owners.add_range(o)
         self.by_umem[umem] = o.ident
         self.registered += 1
         return o
@@ -66,3 +103,58 @@ class Ledger:
     def registering(self, tid: int) -> Owner | None:
         p = self.pending.get(tid)
         return p.owner if p else None
+
+    def keys_wanted(self) -> bool:
+        """Some registration read ahead still waits for the kernel to list its MR."""
+        now = time.monotonic()
+        return any(e.lkey is None and now <= e.keys_until for e in self.early.values())
+
+    def watch(self, live: dict[tuple[int, int], tuple[int, int, int]],
+              still_live: Callable[[int, int], bool],
+              kernel_mrs: Callable[[int], list] | None = None) -> None:
+        """Read the pages of the registrations in ``live`` ({(umem, ts_ns): (pid, addr,
+        size)}, the kernel's rp_umem_live) not read yet, and their MR keys once the kernel
+        lists the MR; ``still_live`` says whether a umem was not released meanwhile (its
+        pages could have moved)."""
+        now = time.monotonic()
+        self.read_ahead &= live.keys()
+        for key, (pid, addr, size) in live.items():
+            e = self.early.get(key)
+            if e is None and key not in self.read_ahead:  # new (not yet read, nor its event)
+                try:
+                    pfns = pagemap.pfns(pagemap.read(pid, addr, size))
+                except OSError:  # the process is gone: read when the event is, as before
+                    continue
+                if not still_live(*key):
+                    continue
+                if len(self.early) >= EARLY_MAX:  # events lost: forget the oldest
+                    del self.early[min(self.early, key=lambda k: k[1])]
+                e = self.early[key] = Early(pid, addr, size, pfns,
+                                            keys_until=now + KEYS_GIVE_UP_S)
+                self.read_ahead.add(key)
+            if e is not None and e.lkey is None and e.keys_next <= now <= e.keys_until:
+                e.keys_next = now + KEYS_RETRY_S
+                self._keys(e, kernel_mrs)
+
+    def _keys(self, e: Early, kernel_mrs: Callable[[int], list] | None) -> None:
+        """The MR over a registration: this process's by address, another's from the
+        kernel's MR list by pid and length (the first not taken)."""
+        if e.pid == os.getpid():
+            for rec in registry.live():
+                if rec.addr == e.addr and rec.length == e.size:
+                    e.lkey, e.device = rec.lkey, rec.device
+            return
+        if kernel_mrs is None:
+            return
+        try:
+            mrs = kernel_mrs(e.pid)
+        except Exception:  # rdma tool missing or failing: the owner's keys come later or not
+            return
+        owners = list(self.owners.owners.values())  # the draining thread may be adding one
+        taken = {(o.device, o.lkey) for o in owners if o.lkey is not None}
+        taken |= {(x.device, x.lkey) for x in self.early.values() if x.lkey is not None}
+        for m in mrs:
+            if (m.pid == e.pid and m.length == e.size and m.lkey is not None
+                    and (m.device, m.lkey) not in taken):
+                e.lkey, e.device = m.lkey, m.device
+                return

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rdmapin import procfs, registry
+from rdmapin.pages import rdma_res
 from rdmapin.trace import features as _features
 from rdmapin.trace import inventory as _inventory
 from rdmapin.trace import loader
@@ -32,6 +33,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # rp_event.f of a folio failure (enum rp_folio_stage, bpf/migrate.c): the step that refused
 STAGES = {0: "move", 1: "unmap"}
 POLL_MS = 50
+PIN_WATCH_S = 0.05  # how often the kernel's live registrations are looked at (Ledger.watch)
 PERF_PAGES = 1024
 
 
@@ -68,6 +70,8 @@ class Tracer:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pins_thread: threading.Thread | None = None
+        self._pins_lock = threading.Lock()  # Ledger.early, between the two threads
         self._t0_ns = 0
         self._tid_owners: dict[int, dict[int, Owner]] = {}
         self._registry_seen: set[tuple[str, int]] = set()
@@ -75,6 +79,9 @@ class Tracer:
         self._status: dict[int, str] = {}
         self._collapse: dict[int, str] = {}
         self._table: Any = None
+        self._umem_live: Any = None
+        self._umem_gen: Any = None
+        self._pins_gen = 0
         self.started = 0.0
 
     # lifecycle -------------------------------------------------------------------------
@@ -89,6 +96,8 @@ class Tracer:
         self.started = time.time()
         b = self.program.bpf
         self._table = b[b"rp_events"]
+        if self.features.has("umem"):
+            self._umem_live, self._umem_gen = b[b"rp_umem_live"], b[b"rp_umem_gen"]
         if self.program.ringbuf:
             self._table.open_ring_buffer(self._on_raw)
         else:
@@ -101,6 +110,10 @@ class Tracer:
                                        if o.source == "registry"}
         self._thread = threading.Thread(target=self._run, name="rdmapin-trace", daemon=True)
         self._thread.start()
+        if self._umem_live is not None:
+            self._pins_thread = threading.Thread(target=self._run_pins, name="rdmapin-pins",
+                                                 daemon=True)
+            self._pins_thread.start()
         return self
 
     def __enter__(self) -> Tracer:
@@ -114,9 +127,10 @@ class Tracer:
         if self.program is None:
             return
         self._stop.set()
-        if self._thread:
-            self._thread.join()
-            self._thread = None
+        for t in (self._thread, self._pins_thread):
+            if t is not None:
+                t.join()
+        self._thread = self._pins_thread = None
         self._final_totals = self._read_totals()
         self._final_hists = self._read_hists()
         self.poll(0)  # what arrived while the totals were read
@@ -144,6 +158,33 @@ class Tracer:
         while not self._stop.is_set():
             self.poll(POLL_MS)
         self.poll(0)
+
+    def _run_pins(self) -> None:
+        """Read the pages of new registrations while they are pinned (Ledger.watch), on a
+        thread of its own: the draining thread reads events in order and may be far behind
+        (a flood of failures in a TCG guest) or blocked (printing into a full pipe)."""
+        while not self._stop.wait(PIN_WATCH_S):
+            try:
+                self._watch_pins()
+            except Exception:  # never the reason the tracer stops; the event path remains
+                log.exception("reading new registrations' pages")
+
+    def _watch_pins(self) -> None:
+        gen = int(self._umem_gen[0].value)
+        with self._pins_lock:
+            if gen == self._pins_gen and not self.ledger.keys_wanted():
+                return
+            self._pins_gen = gen
+            live = {(int(k.value), int(v.ts_ns)): (int(v.pid), int(v.addr), int(v.size))
+                    for k, v in self._umem_live.items()}
+
+            def still_live(umem: int, ts_ns: int) -> bool:
+                try:
+                    return int(self._umem_live[self._umem_live.Key(umem)].ts_ns) == ts_ns
+                except KeyError:
+                    return False
+
+            self.ledger.watch(live, still_live, rdma_res.mrs)
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Read what the kernel has buffered (the thread does this; callers may too)."""
@@ -258,7 +299,8 @@ class Tracer:
         elif kind == Kind.UMEM_GET:
             ev.reason = _errname(r.ret)
             ev.detail = {"addr": r.a, "length": r.b, "access": r.d, "umem": r.c}
-            o = self.ledger.got(r.tid, r.pid, ev.comm, r.a, r.b, r.c, r.ret)
+            with self._pins_lock:
+                o = self.ledger.got(r.tid, r.pid, ev.comm, r.a, r.b, r.c, r.ret, r.ts_ns)
             ev.owners = [o] if o else []
         elif kind == Kind.UMEM_RELEASE:
             ev.detail = {"umem": r.c}

@@ -69,6 +69,34 @@ def test_ledger_registration_maps_this_process_pages_and_release_forgets_them():
     buf.close()
 
 
+def test_ledger_reads_a_live_registrations_pages_before_its_event_arrives():
+    """Ledger.watch reads the pages while the registration lives; the event, read later
+    (after the pages moved, here: were written elsewhere), gets the pages read then."""
+    if not _pfns_visible():
+        pytest.skip("pagemap PFNs need CAP_SYS_ADMIN")
+    buf = mmap.mmap(-1, 4 * PAGE)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    arr[::PAGE] = 1
+    addr, me = arr.ctypes.data, os.getpid()
+    then = pagemap.pfns(pagemap.read("self", addr, len(arr)))
+    ledger = Ledger(OwnerMap())
+    asked = []
+    live = {(0xbeef, 5): (me, addr, len(arr)), (0xcafe, 6): (me, addr, len(arr))}
+    ledger.watch(live, lambda umem, ts: umem == 0xbeef, kernel_mrs=asked.append)
+    assert set(ledger.early) == {(0xbeef, 5)}  # 0xcafe was released while being read
+    assert asked == []  # this process's MRs come from its registry, not the kernel's list
+    buf.madvise(mmap.MADV_DONTNEED)  # the pages are gone; a read now would find none
+    o = ledger.got(tid=1, pid=me, comm="me", addr=addr, size=len(arr), umem=0xbeef, ret=0,
+                   ts_ns=5)
+    assert o.pages == 4 and all(ledger.owners.lookup(int(p)) is o for p in then)
+    assert ledger.early == {}
+    late = ledger.got(tid=2, pid=me, comm="me", addr=addr, size=len(arr), umem=0xbeef,
+                      ret=0, ts_ns=7)  # another registration at a reused umem address
+    assert late.pages == 0
+    del arr
+    buf.close()
+
+
 def test_summary_groups_failures_by_owner_and_compaction_skip_ratio():
     o = _owner(pid=42)
     o.lkey = 0x222
