@@ -86,13 +86,20 @@ class Printer:
             self.whole.feed(ev)
             if not (self.args.all or interesting(ev)):
                 return
+            # Not flushed line by line (flush() does it every 0.2 s): a flush costs a write,
+            # 2.4 ms a line into the guest's 9p-shared results/ under TCG (measured), which
+            # made draining the demo's failures take minutes. A terminal is line-buffered.
             if self.args.json:
-                print(json.dumps(ev.to_dict(), default=str), flush=True)
+                print(json.dumps(ev.to_dict(), default=str))
                 return
             when = (time.strftime("%H:%M:%S", time.localtime(self.t0 + ev.ts))
                     if self.args.timestamp else f"{ev.ts:.6f}")
             print(FMT.format(when, ev.comm[:15], ev.pid, ev.name, (ev.reason or "-")[:17],
-                             ev.range_text(), ev.owner_label()), flush=True)
+                             ev.range_text(), ev.owner_label()))
+
+    def flush(self) -> None:
+        with self.lock:
+            sys.stdout.flush()
 
     t0 = 0.0
 
@@ -161,6 +168,7 @@ def _loop(args: argparse.Namespace, tracer: object, printer: Printer) -> None:
         if args.duration is not None:
             wait = min(wait, max(0.0, start + args.duration - now))
         time.sleep(wait)
+        printer.flush()
         if args.interval and time.monotonic() - last >= args.interval:
             last = time.monotonic()
             cur = tracer.totals()
