@@ -9,7 +9,6 @@ through ffi.gc, so an MR dropped unclosed is deregistered by C when it is collec
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from rdmapin import _lib, registry
@@ -19,7 +18,6 @@ from rdmapin.errors import ClosedError, RegistrationError, UnsupportedError
 if TYPE_CHECKING:
     from rdmapin.pd import ProtectionDomain
 
-log = logging.getLogger(__name__)
 _object_new = object.__new__
 
 # ibv_rereg_mr_flags
