@@ -24,12 +24,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from trace_util import pfns_of
+from trace_util import pfns_of, start_cli_tracer
 
 import rdmapin
 from rdmapin import mm, procfs
@@ -43,27 +41,12 @@ NPAGES2 = SIZE2 // mm.PAGE_SIZE
 ATTEMPTS = 10  # NR_MAX_MIGRATE_PAGES_RETRY
 
 
-def _start_tracer() -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "rdmapin", "trace", "-T", "--all", "-j",
-                             "-d", "1800"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    seen = []
-    deadline = time.monotonic() + 900  # compiling in a TCG guest takes minutes
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        seen.append(line)
-        if "Hit Ctrl-C to end." in line or not line:
-            break
-    assert "Hit Ctrl-C to end." in seen[-1], "".join(seen)
-    return proc
-
-
 def _delta(v0: dict, v1: dict, key: str) -> int:
     return v1[key] - v0[key]
 
 
 def test_cli_reports_each_pinned_private_anon_page_once_with_its_mr_and_kernel_counts():
-    proc = _start_tracer()
+    proc = start_cli_tracer("-T", "--all", "-j", "-d", "1800")
     try:
         v_start = procfs.vmstat()
         with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:

@@ -1,11 +1,15 @@
 """Shared pieces of the tracer's VM tests: buffers on a chosen node, the vmstat agreement
-check, and the environment guard for tests that need special guest boot options."""
+check, the `rdmapin trace` CLI started and ready, and the environment guard for tests that
+need special guest boot options."""
 
 from __future__ import annotations
 
 import ctypes
 import mmap
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +21,25 @@ from rdmapin.trace.events import VMSTAT_KEYS
 PAGE = mm.PAGE_SIZE
 STRICT = os.environ.get("RDMAPIN_STRICT") == "1"
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def start_cli_tracer(*args: str) -> subprocess.Popen:
+    """`python -m rdmapin trace ARGS` with piped text output, returned once it says it is
+    attached ("Hit Ctrl-C to end."); fails with its stderr if it dies or never gets there."""
+    proc = subprocess.Popen([sys.executable, "-m", "rdmapin", "trace", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.monotonic() + 900  # compiling in a TCG guest takes minutes
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if "Hit Ctrl-C to end." in line or not line:
+            break
+    if "Hit Ctrl-C to end." not in seen[-1]:
+        proc.kill()
+        proc.wait()
+    assert "Hit Ctrl-C to end." in seen[-1], "".join(seen)
+    return proc
 
 
 def require(missing: str | None, boot: str) -> None:
