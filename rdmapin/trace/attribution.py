@@ -17,6 +17,18 @@ from rdmapin import registry
 from rdmapin.pages import pagemap
 
 
+def unclaimed_kernel_mr(mrs: list, pid: int, length: int,
+                        claimed: set[tuple[str, int]]) -> tuple[int, str] | None:
+    """(lkey, device) of the first of the kernel's MRs (rdma_res.mrs) of ``pid`` with this
+    length whose key no owner has claimed: on 6.1 the kernel lists no addresses, so pid and
+    length are all there is to match on."""
+    for m in mrs:
+        if (m.pid == pid and m.length == length and m.lkey is not None
+                and (m.device, m.lkey) not in claimed):
+            return m.lkey, m.device
+    return None
+
+
 @dataclass
 class Owner:
     """One pinned range and who pinned it. ``lkey`` is None until the MR is known (the
@@ -123,8 +135,6 @@ class OwnerMap:
             except Exception:  # rdma tool missing or failing: the owner stays keyless
                 return
         claimed = {(o.device, o.lkey) for o in self.owners.values() if o.lkey is not None}
-        for m in kernel_mrs:
-            if (m.pid == owner.pid and m.length == owner.length and m.lkey is not None
-                    and (m.device, m.lkey) not in claimed):
-                owner.lkey, owner.device = m.lkey, m.device
-                return
+        found = unclaimed_kernel_mr(kernel_mrs, owner.pid, owner.length, claimed)
+        if found is not None:
+            owner.lkey, owner.device = found

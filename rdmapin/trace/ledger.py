@@ -22,7 +22,7 @@ import numpy as np
 
 from rdmapin import registry
 from rdmapin.pages import pagemap
-from rdmapin.trace.attribution import Owner, OwnerMap
+from rdmapin.trace.attribution import Owner, OwnerMap, unclaimed_kernel_mr
 
 KEYS_RETRY_S = 0.25  # how often an MR's keys are asked of the kernel until it lists them,
 KEYS_GIVE_UP_S = 5.0  # for this long (without CAP_NET_ADMIN it never says them)
@@ -153,8 +153,6 @@ class Ledger:
         owners = list(self.owners.owners.values())  # the draining thread may be adding one
         taken = {(o.device, o.lkey) for o in owners if o.lkey is not None}
         taken |= {(x.device, x.lkey) for x in self.early.values() if x.lkey is not None}
-        for m in mrs:
-            if (m.pid == e.pid and m.length == e.size and m.lkey is not None
-                    and (m.device, m.lkey) not in taken):
-                e.lkey, e.device = m.lkey, m.device
-                return
+        found = unclaimed_kernel_mr(mrs, e.pid, e.size, taken)
+        if found is not None:
+            e.lkey, e.device = found
