@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from needs import NEEDS, kprobes_missing
 
+pytest_plugins = ["failed_frames"]
+
 STRICT = os.environ.get("RDMAPIN_STRICT") == "1"
 
 

@@ -42,6 +42,9 @@ def test_cli_json_lines_name_the_mr_and_pid_and_sigint_prints_the_summary():
     lines = [json.loads(x) for x in out.splitlines()]
     fails = [x for x in lines if x.get("event") == "folio_fail"]
     assert {x["pfn"] for x in fails} == pinned
+    unowned = [x for x in fails if not x["owners"]]
+    umem = [x for x in lines if str(x.get("event", "")).startswith("umem")]
+    assert not unowned, f"{len(unowned)} failures without an owner: {unowned[:3]}; umem: {umem}"
     assert {(x["owners"][0]["pid"], x["owners"][0]["lkey"]) for x in fails} == {
         (os.getpid(), lkey)}
     summary = lines[-1]
