@@ -47,7 +47,7 @@ def own_mrs() -> tuple[list[np.ndarray], list[PinSource]]:
     me = os.getpid()
     arrays, sources = [], []
     for rec in registry.live():
-        pfns = pagemap.pfns(pagemap.read(me, rec.addr, rec.length))
+        pfns = pagemap.pinned_pfns(pagemap.read(me, rec.addr, rec.length))
         pfns = pfns[pfns != 0]
         arrays.append(pfns)
         sources.append(PinSource(me, f"mr lkey={rec.lkey:#x} on {rec.device}", rec.addr,

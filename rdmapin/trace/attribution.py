@@ -82,7 +82,7 @@ class OwnerMap:
     def add_range(self, owner: Owner) -> Owner:
         """Add ``owner`` with the PFNs its process maps at [addr, addr+length) now."""
         try:
-            pfns = pagemap.pfns(pagemap.read(owner.pid, owner.addr, owner.length))
+            pfns = pagemap.pinned_pfns(pagemap.read(owner.pid, owner.addr, owner.length))
         except Exception:  # the process may be gone already; keep the owner, no PFNs
             pfns = np.zeros(0, dtype=np.uint64)
         return self.add(owner, pfns)

@@ -122,7 +122,7 @@ class Ledger:
             e = self.early.get(key)
             if e is None and key not in self.read_ahead:  # new (not yet read, nor its event)
                 try:
-                    pfns = pagemap.pfns(pagemap.read(pid, addr, size))
+                    pfns = pagemap.pinned_pfns(pagemap.read(pid, addr, size))
                 except OSError:  # the process is gone: read when the event is, as before
                     continue
                 if not still_live(*key):

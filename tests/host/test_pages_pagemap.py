@@ -65,3 +65,14 @@ def test_bad_flow_range_and_pid():
         pagemap.read("self", 0x1000, 0)
     with pytest.raises(RdmapinOSError, match="pagemap"):
         pagemap.read(2**22 + 12345, 0x1000, 4096)
+
+
+def test_pinned_pfns_read_migration_entries_as_the_page_they_name():
+    """Synthetic entries (the bit layout of task_mmu.c): present -> its PFN, a swap entry
+    (type | pfn << 5, as a migration entry of a pinned page reads) -> that PFN, none -> 0;
+    plain ``pfns`` gives 0 for the swap entry."""
+    present = pagemap.PRESENT | np.uint64(0x1234)
+    migrating = pagemap.SWAPPED | np.uint64(29) | (np.uint64(0x5678) << np.uint64(5))
+    e = np.array([present, migrating, 0], dtype=np.uint64)
+    assert pagemap.pinned_pfns(e).tolist() == [0x1234, 0x5678, 0]
+    assert pagemap.pfns(e).tolist() == [0x1234, 0, 0]

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +218,47 @@ def test_other_process_report_and_reconcile():
     finally:
         child.stdin.close()
         child.wait(timeout=60)
+
+
+@pytest.mark.rdma
+@pytest.mark.vm
+def test_pinned_pfns_of_a_range_under_migration(pd):
+    """A pinned shmem page that move_pages(2) keeps trying to move reads in pagemap as a
+    migration (swap) entry for a moment; ``pinned_pfns`` reads it as the pinned PFN, where
+    plain ``pfns`` says 0 (the tracer lost owners that way: CLI test, stop 7)."""
+    import mmap
+
+    n = 64
+    buf = mmap.mmap(-1, n * PAGE)  # MAP_SHARED: shmem, unmapped while migration tries
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    mm.mbind(arr.ctypes.data, len(arr), 0)
+    arr[::PAGE] = 1
+    stop = threading.Event()
+    try:
+        with pd.register(arr):
+            pinned = pagemap.pfns(pagemap.read("self", arr.ctypes.data, len(arr)))
+            assert (pinned != 0).all()
+            addrs = mm.page_addrs(arr.ctypes.data, len(arr))
+
+            def mover() -> None:
+                while not stop.is_set():
+                    mm.move_pages(addrs, 1)
+
+            t = threading.Thread(target=mover, daemon=True)
+            t.start()
+            reads = migrating = 0
+            deadline = time.monotonic() + 120
+            while migrating < 3 and time.monotonic() < deadline:
+                e = pagemap.read("self", arr.ctypes.data, len(arr))
+                reads += 1
+                migrating += int(pagemap.swapped(e).any())
+                np.testing.assert_array_equal(pagemap.pinned_pfns(e), pinned)
+            stop.set()
+            t.join()
+            assert migrating >= 3, f"no read in {reads} caught a page mid-migration"
+            after = pagemap.pfns(pagemap.read("self", arr.ctypes.data, len(arr)))
+            np.testing.assert_array_equal(after, pinned)
+    finally:
+        stop.set()
+        del arr
+        buf.close()

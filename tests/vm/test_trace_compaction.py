@@ -49,7 +49,10 @@ def test_compact_memory_counts_match_vmstat_and_pinned_blocks_are_skipped():
                           f"registry {registry.live()})")
             for e in ours:  # the pinned count is the MR's PFNs in that scanned range
                 in_block = ((pinned >= e.pfn) & (pinned < e.pfn_end)).sum()
-                assert e.detail["pinned"] == in_block
+                assert e.detail["pinned"] == in_block, (
+                    f"{e.kind.name} {e.pfn:#x}-{e.pfn_end:#x}: tracer says {e.detail['pinned']}"
+                    f" pinned, the MR has {in_block} PFNs there; owners "
+                    f"{[(o.label(), o.pages) for o in e.owners]}; inventory {inv}")
             s = Summary()
             for e in events:
                 s.feed(e)
