@@ -29,6 +29,16 @@ def unclaimed_kernel_mr(mrs: list, pid: int, length: int,
     return None
 
 
+def unclaimed_own_mr(addr: int, length: int,
+                     claimed: set[tuple[str, int]]) -> tuple[int, str] | None:
+    """(lkey, device) of the first of this process's live MRs over exactly [addr, +length)
+    whose key no owner has claimed (two MRs over one buffer are two owners)."""
+    for rec in registry.live():
+        if rec.addr == addr and rec.length == length and (rec.device, rec.lkey) not in claimed:
+            return rec.lkey, rec.device
+    return None
+
+
 @dataclass
 class Owner:
     """One pinned range and who pinned it. ``lkey`` is None until the MR is known (the
@@ -123,18 +133,18 @@ class OwnerMap:
         if kernel_mrs is None and now - owner.keys_tried < 1.0:
             return  # asked the kernel a moment ago; the MR may not exist yet
         owner.keys_tried = now
+        claimed = {(o.device, o.lkey) for o in self.owners.values() if o.lkey is not None}
         if owner.pid == os.getpid():
-            for rec in registry.live():
-                if rec.addr == owner.addr and rec.length == owner.length:
-                    owner.lkey, owner.device = rec.lkey, rec.device
-                    return
+            found = unclaimed_own_mr(owner.addr, owner.length, claimed)
+            if found is not None:
+                owner.lkey, owner.device = found
+            return
         if kernel_mrs is None:
             from rdmapin.pages import rdma_res
             try:
                 kernel_mrs = rdma_res.mrs(owner.pid)
             except Exception:  # rdma tool missing or failing: the owner stays keyless
                 return
-        claimed = {(o.device, o.lkey) for o in self.owners.values() if o.lkey is not None}
         found = unclaimed_kernel_mr(kernel_mrs, owner.pid, owner.length, claimed)
         if found is not None:
             owner.lkey, owner.device = found

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rdmapin import registry
 from rdmapin.pages import pagemap
-from rdmapin.trace.attribution import Owner, OwnerMap, unclaimed_kernel_mr
+from rdmapin.trace.attribution import Owner, OwnerMap, unclaimed_kernel_mr, unclaimed_own_mr
 
 KEYS_RETRY_S = 0.25  # how often an MR's keys are asked of the kernel until it lists them,
 KEYS_GIVE_UP_S = 5.0  # for this long (without CAP_NET_ADMIN it never says them)
@@ -139,20 +138,18 @@ class Ledger:
     def _keys(self, e: Early, kernel_mrs: Callable[[int], list] | None) -> None:
         """The MR over a registration: this process's by address, another's from the
         kernel's MR list by pid and length (the first not taken)."""
-        if e.pid == os.getpid():
-            for rec in registry.live():
-                if rec.addr == e.addr and rec.length == e.size:
-                    e.lkey, e.device = rec.lkey, rec.device
-            return
-        if kernel_mrs is None:
-            return
-        try:
-            mrs = kernel_mrs(e.pid)
-        except Exception:  # rdma tool missing or failing: the owner's keys come later or not
-            return
         owners = list(self.owners.owners.values())  # the draining thread may be adding one
         taken = {(o.device, o.lkey) for o in owners if o.lkey is not None}
         taken |= {(x.device, x.lkey) for x in self.early.values() if x.lkey is not None}
-        found = unclaimed_kernel_mr(mrs, e.pid, e.size, taken)
+        if e.pid == os.getpid():
+            found = unclaimed_own_mr(e.addr, e.size, taken)
+        elif kernel_mrs is None:
+            return
+        else:
+            try:
+                mrs = kernel_mrs(e.pid)
+            except Exception:  # rdma tool missing or failing: the keys come later or not
+                return
+            found = unclaimed_kernel_mr(mrs, e.pid, e.size, taken)
         if found is not None:
             e.lkey, e.device = found

@@ -5,6 +5,7 @@ attributed to its MR and this process; the mlocked and plain pages migrate."""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -68,3 +69,21 @@ def test_registered_pages_fail_and_are_attributed_mlocked_and_plain_migrate():
         reg_buf.close()
         lck_buf.close()
         pln_buf.close()
+
+
+def test_two_mrs_over_one_buffer_are_two_owners():
+    """Registering one buffer twice pins its pages twice: the ledger names each umem with its
+    own MR's key (both used to get the same one, the last the registry listed)."""
+    with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
+        buf, arr = buffer_on_node(16, 0)
+        try:
+            with Tracer() as t, pd.register(arr) as a, pd.register(arr) as b:
+                want = {(a.lkey, "rxe0"), (b.lkey, "rxe0")}
+                time.sleep(0.5)  # a few of the pins thread's reads of the live registrations
+                gets = t.events(Kind.UMEM_GET)
+                keys = {(o.lkey, o.device) for e in gets for o in e.owners}
+                assert len(gets) == 2, gets
+                assert keys == want, gets
+        finally:
+            del arr
+            buf.close()
