@@ -1,11 +1,14 @@
 """Registration cost, measured in one run: the C floor, rdmapin and pyverbs side by side.
 
-Per-op: 4 KiB ibv_reg_mr + ibv_dereg_mr in a loop (csrc/reg_floor.c compiled at run time
-with the system cc, rdmapin's register/close, pyverbs' MR/close), alternating rounds so a
-noisy neighbour hits all alike; reported per row: the median round, the best round, and the
-median of per-round ratios to the C round run just before it (the figure slow phases of a
-shared TCG host disturb least). "shim via cffi" is the bare cffi call loop with no Python
-API around it: the interpreter's own share of the gap.
+Per-op: 4 KiB ibv_reg_mr + ibv_dereg_mr in a loop. "C floor" is csrc/reg_floor.c's loop
+(compiled at run time with the system cc) called in this process on the PD and buffer rdmapin
+registers, so the kernel and provider state is the same and what is left is the Python side;
+"C, own process" is the same loop as a program of its own (its own context and PD). Then
+the bare cffi call loop ("shim via cffi": the interpreter's share, no API around it),
+rdmapin's register/close on three buffer kinds, and pyverbs' MR/close. Each round runs every
+contender once in a rotated order, so a noisy neighbour hits all alike; reported per row: the
+median round, the best round, and the median of per-round ratios to the same round's C floor
+(the figure the slow phases of a shared TCG host disturb least).
 Bulk: registration cost in us/MiB for sizes x backings (4K, THP, 2M hugetlb), skipping what
 does not fit in free memory or free hugepages (and saying so).
 Progress goes to stderr; the tables are returned as text (``render``) and rows (``run``).
@@ -13,6 +16,7 @@ Progress goes to stderr; the tables are returned as text (``render``) and rows (
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import statistics
@@ -20,11 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdmapin import explain, memory
+from rdmapin import _lib, explain, memory
 from rdmapin.access import Access
 from rdmapin.device import open_device
 
@@ -73,20 +78,39 @@ class Bulk:
         return None if self.reg_us is None else self.reg_us / (self.size / MIB)
 
 
-def build_floor(outdir: Path) -> Path:
-    """Compile csrc/reg_floor.c with the system compiler into ``outdir``."""
+def build_floor(outdir: Path) -> tuple[Path, Path]:
+    """Compile csrc/reg_floor.c with the system compiler into ``outdir``: the program (its
+    own process) and the library whose loop runs in this one."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (cc) to build the C floor")
-    exe = outdir / "reg_floor"
+    exe, so = outdir / "reg_floor", outdir / "libreg_floor.so"
     subprocess.run([cc, "-O2", "-o", str(exe), str(FLOOR_SRC), "-libverbs"], check=True)
-    return exe
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-DREG_FLOOR_LIB", "-o", str(so),
+                    str(FLOOR_SRC), "-libverbs"], check=True)
+    return exe, so
 
 
 def floor_round(exe: Path, device: str, iters: int) -> float:
     out = subprocess.run([str(exe), device, str(iters), "4096"], check=True,
                          capture_output=True, text=True).stdout
     return float(out.split()[0])
+
+
+def floor_loop(so: Path) -> Callable[[Any, int, int], float]:
+    """csrc/reg_floor.c's loop, in this process: (pd, addr, iters) -> us per op."""
+    lib = ctypes.CDLL(str(so))
+    fn = lib.rdmapin_floor_loop
+    fn.restype = ctypes.c_double
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                   ctypes.c_long, ctypes.c_long]
+
+    def run(pd: Any, addr: int, iters: int) -> float:
+        us = fn(_lib.address_of(pd._handle().pd), addr, 4096, int(ACCESS), iters, 0)
+        if us < 0:
+            raise OSError(int(-us), f"ibv_reg_mr in the C floor: {os.strerror(int(-us))}")
+        return us
+    return run
 
 
 def rdmapin_round(pd: Any, obj: Any, iters: int) -> float:
@@ -100,8 +124,6 @@ def rdmapin_round(pd: Any, obj: Any, iters: int) -> float:
 
 def cffi_round(pd: Any, addr: int, iters: int) -> float:
     """The shim's reg/dereg called straight from a Python loop: no MR object, no checks."""
-    from rdmapin import _lib
-
     p, reg, dereg, access = pd._handle(), _lib.reg_mr_at, _lib.dereg_mr, int(ACCESS)
     t0 = time.perf_counter_ns()
     for _ in range(iters):
@@ -120,35 +142,41 @@ def pyverbs_round(pd: Any, addr: int, iters: int) -> float:
 
 
 def per_op(device: str, iters: int, rounds: int, workdir: Path) -> list[PerOp]:
-    exe = build_floor(workdir)
-    rows = {k: PerOp(k) for k in ("C floor", "shim via cffi", "rdmapin numpy",
-                                  "rdmapin bytearray", "rdmapin (addr,len)", "pyverbs")}
+    """Each round runs every contender once, in an order rotated round by round (so none
+    always follows the C program's process start and exit)."""
+    exe, so = build_floor(workdir)
+    c_loop = floor_loop(so)
     ba = bytearray(4096)
     buf = memory.alloc(4096)
     try:
         from pyverbs.device import Context
         from pyverbs.pd import PD
     except ImportError:
-        Context = None  # pyverbs missing: its row stays empty
-        rows.pop("pyverbs")
+        Context = None  # pyverbs missing: its row stays out
     with open_device(device) as dev, dev.alloc_pd() as pd:
         ctx = Context(name=device) if Context else None
         vpd = PD(ctx) if ctx else None
+        contenders: dict[str, Callable[[int], float]] = {
+            "C floor": lambda n: c_loop(pd, buf.addr, n),
+            "C, own process": lambda n: floor_round(exe, device, n),
+            "shim via cffi": lambda n: cffi_round(pd, buf.addr, n),
+            "rdmapin numpy": lambda n: rdmapin_round(pd, buf, n),
+            "rdmapin bytearray": lambda n: rdmapin_round(pd, ba, n),
+            "rdmapin (addr,len)": lambda n: rdmapin_round(pd, (buf.addr, 4096), n),
+        }
+        if vpd is not None:
+            contenders["pyverbs"] = lambda n: pyverbs_round(vpd, buf.addr, n)
+        rows = {k: PerOp(k) for k in contenders}
+        names = list(contenders)
         try:
-            for name, fn in (("rdmapin numpy", lambda: rdmapin_round(pd, buf, iters // 10)),
-                             ("pyverbs", lambda: pyverbs_round(vpd, buf.addr, iters // 10))):
-                if name in rows:
-                    fn()  # warm-up: imports, caches, first faults
+            for name in names:  # warm-up: imports, caches, first faults
+                if name != "C, own process":
+                    contenders[name](iters // 10 + 1)
             for r in range(rounds):
                 progress(f"per-op round {r + 1}/{rounds} ({iters} x 4 KiB reg+dereg each)")
-                rows["C floor"].rounds.append(floor_round(exe, device, iters))
-                rows["shim via cffi"].rounds.append(cffi_round(pd, buf.addr, iters))
-                rows["rdmapin numpy"].rounds.append(rdmapin_round(pd, buf, iters))
-                rows["rdmapin bytearray"].rounds.append(rdmapin_round(pd, ba, iters))
-                rows["rdmapin (addr,len)"].rounds.append(
-                    rdmapin_round(pd, (buf.addr, 4096), iters))
-                if vpd is not None:
-                    rows["pyverbs"].rounds.append(pyverbs_round(vpd, buf.addr, iters))
+                k = r % len(names)
+                for name in names[k:] + names[:k]:
+                    rows[name].rounds.append(contenders[name](iters))
         finally:
             if vpd is not None:
                 vpd.close()

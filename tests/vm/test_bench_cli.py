@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-ROWS = {"C floor", "shim via cffi", "rdmapin numpy", "rdmapin bytearray",
+ROWS = {"C floor", "C, own process", "shim via cffi", "rdmapin numpy", "rdmapin bytearray",
         "rdmapin (addr,len)", "pyverbs"}
 
 
