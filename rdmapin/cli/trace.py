@@ -198,19 +198,19 @@ def _loop(args: argparse.Namespace, tracer: object, printer: Printer) -> None:
             cur = tracer.totals()
             delta = {k: cur[k] - prev.get(k, 0) for k in cur}
             prev = cur
-            with printer.lock:
+            with printer.lock:  # flushed by the flusher thread, like the event lines
                 _emit(args, printer.summary, delta, {}, time.strftime("%H:%M:%S"))
                 printer.summary.reset()
 
 
 def _emit(args: argparse.Namespace, s: Summary, totals: dict, hists: dict, title: str) -> None:
     if args.json:
-        print(json.dumps({"summary": title, **s.to_dict(totals, hists)}, default=str),
-              flush=True)
+        print(json.dumps({"summary": title, **s.to_dict(totals, hists)}, default=str))
     else:
-        print(render(s, totals, hists, title), flush=True)
+        print(render(s, totals, hists, title))
 
 
 def _final(args: argparse.Namespace, tracer: object, printer: Printer) -> None:
     with printer.lock:
         _emit(args, printer.whole, tracer.totals(), tracer.histograms(), "summary")
+        sys.stdout.flush()

@@ -163,3 +163,39 @@ def test_pause_detaches_and_resume_reattaches_without_recompiling():
     for k in VMSTAT_KEYS:
         assert t1[k] - t0[k] == v1[k] - v0[k], k
     assert t1["compaction_runs"] > t0["compaction_runs"]
+
+
+@pytest.mark.host_kernel
+def test_interval_summaries_are_deltas_that_add_up_to_the_final_totals():
+    """`-s 1`: one JSON summary a second holding that second's counts; compaction forced in
+    the middle shows up in an interval, and every counter's intervals sum to no more than the
+    final totals (the run's tail after the last interval is only in the final one)."""
+    _need_tracing()
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "rdmapin", "trace", "-j", "-s", "1",
+                             "-d", "6"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = ""
+        while "Hit Ctrl-C to end." not in ready:
+            line = proc.stderr.readline()
+            assert line, "the tracer exited before it was ready"
+            ready += line
+        time.sleep(1.2)
+        with open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    lines = [json.loads(x) for x in out.splitlines()]  # every line whole JSON
+    *intervals, final = [x for x in lines if "summary" in x]
+    assert final["summary"] == "summary"
+    assert len(intervals) >= 3, [x["summary"] for x in intervals]
+    for k in (*VMSTAT_KEYS, "compaction_runs"):
+        parts = [x["totals"][k] for x in intervals]
+        assert all(p >= 0 for p in parts), (k, parts)
+        assert sum(parts) <= final["totals"][k], (k, parts, final["totals"][k])
+    assert sum(x["totals"]["compaction_runs"] for x in intervals) >= 1
