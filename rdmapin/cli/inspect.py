@@ -3,6 +3,10 @@
 One row per process: VmPin and VmLck from /proc/PID/status, the MRs the kernel tracks for
 it, their total charge, the backing of the MR pages (4K, THP, hugetlb, other) and whether
 VmPin equals the MRs' charge. Without PIDs: every process with pinned memory or MRs.
+
+Where the kernel does not say where a process's MRs are (Linux 6.1 reports lengths and keys
+only), the backing is that of the pages found pinned in its address space: its pagemap, and
+each page's pin count read from /proc/kcore (as the tracer's start-up inventory does).
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ from rdmapin import procfs
 from rdmapin.errors import RdmapinError
 from rdmapin.pages import inspect as inspect_region
 from rdmapin.pages import rdma_res, reconcile
+from rdmapin.trace import inventory, kcore
 
 EXAMPLES = """examples:
   rdmapin inspect              # every process with VmPin > 0 or an MR
   rdmapin inspect 4242 4243    # these processes
   rdmapin inspect -j           # JSON lines: pid, comm, vm_pin, vm_lck, mrs, backing ...
 
-A backing of "?" (JSON null): the kernel did not give the MRs' addresses (Linux 6.1's
-resource tracking reports length and keys only), so their pages cannot be looked up.
+JSON "backing_from": "mrs" (the MRs' own ranges), "pinned pages" (the kernel gave no MR
+addresses: the pages found pinned in the process, by pagemap and /proc/kcore pin counts), or
+why neither could be read, when the backing columns show "?" (JSON null).
 """
 
 COLS = (("PID", 6), ("COMM", 10), ("PINNED", 7), ("LOCKED", 7), ("MRS", 4),
@@ -65,23 +71,36 @@ def _candidates() -> list[int]:
     return sorted(pids)
 
 
+def _add_backing(backing: dict[str, int], pid: int, addr: int, length: int) -> None:
+    rep = inspect_region(addr, length, pid=pid)
+    for name, pages in rep.backing_pages.items():
+        key = ("4k" if name == "4k" else "thp" if name.startswith("thp")
+               else "hugetlb" if name.startswith("hugetlb") else "other")
+        backing[key] += pages * 4096
+
+
 def row(pid: int) -> dict:
     rec = reconcile(pid)
     backing: dict[str, int] | None = {"4k": 0, "thp": 0, "hugetlb": 0, "other": 0}
-    if any(mr.addr is None for mr in rec.mrs):
-        backing = None  # the kernel (6.1) does not say where another process's MRs are
-    for mr in rec.mrs if backing is not None else ():
+    source: str | None = "mrs"
+    if all(mr.addr is not None for mr in rec.mrs):
+        for mr in rec.mrs:
+            try:
+                _add_backing(backing, pid, mr.addr, mr.length)
+            except RdmapinError:
+                continue
+    elif (why := kcore.unavailable()) is None:
+        source = "pinned pages"  # the kernel (6.1) does not say where another's MRs are
         try:
-            rep = inspect_region(mr.addr, mr.length, pid=pid)
-        except RdmapinError:
-            continue
-        for name, pages in rep.backing_pages.items():
-            key = ("4k" if name == "4k" else "thp" if name.startswith("thp")
-                   else "hugetlb" if name.startswith("hugetlb") else "other")
-            backing[key] += pages * 4096
+            for addr, length, _pfns in inventory.pinned_runs(pid):
+                _add_backing(backing, pid, addr, length)
+        except (OSError, RdmapinError) as e:
+            backing, source = None, f"pinned pages unreadable: {e}"
+    else:
+        backing, source = None, f"no MR addresses from the kernel; {why}"
     return {"pid": pid, "comm": rec.comm, "vm_pin": rec.vm_pin, "vm_lck": rec.vm_lck,
             "mrs": len(rec.mrs), "mr_bytes": rec.mr_pinned, "backing": backing,
-            "agrees": rec.agrees, "findings": rec.findings}
+            "backing_from": source, "agrees": rec.agrees, "findings": rec.findings}
 
 
 def run(args: argparse.Namespace) -> int:

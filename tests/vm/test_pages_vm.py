@@ -215,6 +215,14 @@ def test_other_process_report_and_reconcile():
         row = json.loads(rows)
         assert row["vm_pin"] == row["mr_bytes"] == line["len"] and row["agrees"]
         assert row["mrs"] == 1
+        # The backing is the child's own report of its MR, whether from the MR's range or
+        # (6.1: no MR addresses) from the pages found pinned in the child.
+        bp = mine["backing_pages"]
+        want = {"4k": bp["4k"], "thp": bp["thp_2m"] + bp["thp_other"],
+                "hugetlb": bp["hugetlb_2m"] + bp["hugetlb_1g"] + bp["hugetlb_other"]}
+        want["other"] = line["len"] // PAGE - sum(want.values())
+        assert row["backing"] == {k: v * PAGE for k, v in want.items()}, row
+        assert row["backing_from"] == ("pinned pages" if rec.mrs[0].addr is None else "mrs")
     finally:
         child.stdin.close()
         child.wait(timeout=60)
