@@ -52,8 +52,29 @@ def require(missing: str | None, boot: str) -> None:
     pytest.skip(msg)
 
 
+HEADROOM = 64 << 20  # left on the node for the test's own process (bcc's compiler)
+
+
+def _node_available(node: int) -> int:
+    """Free plus page cache that is not shmem (reclaimable, no swap here), in bytes."""
+    fields = {}
+    with open(f"/sys/devices/system/node/node{node}/meminfo") as f:
+        for line in f:
+            parts = line.split()  # "Node 0 MemFree:  123456 kB"
+            fields[parts[2].rstrip(":")] = int(parts[3]) * 1024
+    return fields["MemFree"] + fields["FilePages"] - fields["Shmem"]
+
+
 def buffer_on_node(npages: int, node: int) -> tuple[mmap.mmap, np.ndarray]:
-    """Anonymous memory bound to ``node`` with every page faulted in."""
+    """Anonymous memory bound to ``node`` with every page faulted in.
+
+    Refuses (a failed test) when the node cannot hold it: faulting a node-bound buffer past
+    the node's memory OOM-kills the whole pytest process, every later test with it."""
+    avail = _node_available(node)
+    if avail < npages * PAGE + HEADROOM:
+        pytest.fail(f"node {node} has {avail >> 20} MiB free or reclaimable; this test binds "
+                    f"{npages * PAGE >> 20} MiB there and leaves {HEADROOM >> 20} MiB "
+                    "(something earlier holds memory?)", pytrace=False)
     buf = mmap.mmap(-1, npages * PAGE)
     arr = np.frombuffer(buf, dtype=np.uint8)
     mm.mbind(arr.ctypes.data, len(arr), node)
