@@ -1,17 +1,18 @@
 /* The pin ledger: who pinned which user range long-term, while tracing.
  * Events: kprobe+kretprobe ib_umem_get(device, addr, size, access) -> struct ib_umem * (the
  *         RDMA core pins an MR's pages here with pin_user_pages_fast(FOLL_LONGTERM)),
- *         kprobe ib_umem_release(umem); kprobes pin_user_pages_fast and pin_user_pages_remote
- *         with FOLL_LONGTERM set, outside ib_umem_get (io_uring fixed buffers, VFIO, ...).
+ *         kprobe ib_umem_release(umem); kprobes pin_user_pages, pin_user_pages_fast and
+ *         pin_user_pages_remote with FOLL_LONGTERM set, outside ib_umem_get (io_uring fixed
+ *         buffers, VFIO, ...).
  *         Maps: rp_umem_live, the registrations alive now, and rp_umem_gen, bumped by each
  *         new one: the user side reads a new MR's pages from its pagemap while the MR still
  *         pins them, not when it gets to the event (the ring is read in order, and behind a
  *         flood of folio failures a TCG guest was measured ~50 s late: long after a
  *         short-lived MR was released and its pages moved).
- * -D parameters: HAVE_UMEM (ib_umem_get/release attachable), HAVE_PIN_FAST, HAVE_PIN_REMOTE
- *   (attach only), RP_FOLL_LONGTERM (the flag's value, from BTF or the kernel's mm.h; it
- *   moved from a #define to an enum after 6.1), RP_UMEM_SLOTS (bound of rp_umem_live; a
- *   registration past it is read when its event is, as before).
+ * -D parameters: HAVE_UMEM (ib_umem_get/release attachable), HAVE_PIN_USER, HAVE_PIN_FAST,
+ *   HAVE_PIN_REMOTE (attach only), RP_FOLL_LONGTERM (the flag's value, from BTF or the
+ *   kernel's mm.h; it moved from a #define to an enum after 6.1), RP_UMEM_SLOTS (bound of
+ *   rp_umem_live; a registration past it is read when its event is, as before).
  */
 #include "rdmapin_events.h"
 
@@ -122,6 +123,13 @@ static __always_inline int rp_pin(struct pt_regs *ctx, u64 start, u64 nr_pages, 
 	ev.d = gup_flags;
 	rp_emit(ctx, &ev);
 	return 0;
+}
+
+/* pin_user_pages(unsigned long start, unsigned long nr_pages, unsigned int gup_flags, ...):
+ * io_uring's fixed buffers (IORING_REGISTER_BUFFERS) on 6.1 */
+int rp_pin_user(struct pt_regs *ctx)
+{
+	return rp_pin(ctx, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), (u32)PT_REGS_PARM3(ctx));
 }
 
 /* pin_user_pages_fast(unsigned long start, int nr_pages, unsigned int gup_flags, ...) */

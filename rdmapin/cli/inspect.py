@@ -5,8 +5,9 @@ it, their total charge, the backing of the MR pages (4K, THP, hugetlb, other) an
 VmPin equals the MRs' charge. Without PIDs: every process with pinned memory or MRs.
 
 Where the kernel does not say where a process's MRs are (Linux 6.1 reports lengths and keys
-only), the backing is that of the pages found pinned in its address space: its pagemap, and
-each page's pin count read from /proc/kcore (as the tracer's start-up inventory does).
+only), or VmPin holds pins no MR explains (io_uring fixed buffers, VFIO), the backing is that
+of the pages found pinned in its address space: its pagemap, and each page's pin count read
+from /proc/kcore (as the tracer's start-up inventory does).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ EXAMPLES = """examples:
   rdmapin inspect -j           # JSON lines: pid, comm, vm_pin, vm_lck, mrs, backing ...
 
 JSON "backing_from": "mrs" (the MRs' own ranges), "pinned pages" (the kernel gave no MR
-addresses: the pages found pinned in the process, by pagemap and /proc/kcore pin counts), or
-why neither could be read, when the backing columns show "?" (JSON null).
+addresses, or VmPin holds pins no MR explains: the pages found pinned in the process, by
+pagemap and /proc/kcore pin counts), or why neither could be read, when the backing columns
+show "?" (JSON null).
 """
 
 COLS = (("PID", 6), ("COMM", 10), ("PINNED", 7), ("LOCKED", 7), ("MRS", 4),
@@ -79,23 +81,33 @@ def _add_backing(backing: dict[str, int], pid: int, addr: int, length: int) -> N
         backing[key] += pages * 4096
 
 
+def _add_mrs(backing: dict[str, int], pid: int, mrs: list) -> None:
+    for mr in mrs:
+        try:
+            _add_backing(backing, pid, mr.addr, mr.length)
+        except RdmapinError:  # unmapped meanwhile: the row still shows the rest
+            continue
+
+
 def row(pid: int) -> dict:
     rec = reconcile(pid)
     backing: dict[str, int] | None = {"4k": 0, "thp": 0, "hugetlb": 0, "other": 0}
     source: str | None = "mrs"
-    if all(mr.addr is not None for mr in rec.mrs):
-        for mr in rec.mrs:
-            try:
-                _add_backing(backing, pid, mr.addr, mr.length)
-            except RdmapinError:
-                continue
+    known = all(mr.addr is not None for mr in rec.mrs)
+    if known and rec.unexplained <= 0:
+        _add_mrs(backing, pid, rec.mrs)
     elif (why := kcore.unavailable()) is None:
-        source = "pinned pages"  # the kernel (6.1) does not say where another's MRs are
+        # The kernel (6.1) does not say where another's MRs are, or VmPin holds pins no MR
+        # explains (io_uring, VFIO): what is pinned in the process, wherever it is.
+        source = "pinned pages"
         try:
             for addr, length, _pfns in inventory.pinned_runs(pid):
                 _add_backing(backing, pid, addr, length)
         except (OSError, RdmapinError) as e:
             backing, source = None, f"pinned pages unreadable: {e}"
+    elif known:
+        _add_mrs(backing, pid, rec.mrs)
+        source = f"mrs (pins outside them not shown: {why})"
     else:
         backing, source = None, f"no MR addresses from the kernel; {why}"
     return {"pid": pid, "comm": rec.comm, "vm_pin": rec.vm_pin, "vm_lck": rec.vm_lck,

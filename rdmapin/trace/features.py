@@ -49,9 +49,13 @@ KPROBES = (
     ("umem", "ib_umem_get", "HAVE_UMEM",
      (("rp_umem_get", False), ("rp_umem_get_ret", True))),
     ("umem_release", "ib_umem_release", "HAVE_UMEM", (("rp_umem_release", False),)),
+    ("pin_user", "pin_user_pages", "HAVE_PIN_USER", (("rp_pin_user", False),)),
     ("pin_fast", "pin_user_pages_fast", "HAVE_PIN_FAST", (("rp_pin_fast", False),)),
     ("pin_remote", "pin_user_pages_remote", "HAVE_PIN_REMOTE", (("rp_pin_remote", False),)),
 )
+# Long-term pins outside RDMA: io_uring's fixed buffers (pin_user_pages on 6.1), VFIO
+# (pin_user_pages_remote), drivers (pin_user_pages_fast).
+PIN_PROBES = ("pin_user", "pin_fast", "pin_remote")
 
 # The per-folio failure probes (bpf/migrate.c), one for each step that refuses a pinned
 # folio: try_to_migrate_one cannot unmap a pinned private anonymous page, so the attempt
@@ -360,10 +364,10 @@ def probe() -> Features:
         split = b.enums.get("TTU_SPLIT_HUGE_PMD") if b is not None else None
         if split is not None:  # else a THP split's unmap failure counts as an attempt too
             feat.defines["RP_TTU_SPLIT_HUGE_PMD"] = hex(split)
-    if feat.has("pin_fast") or feat.has("pin_remote"):
+    if any(feat.has(p) for p in PIN_PROBES):
         foll = _foll_longterm(feat)
         if foll is None:
-            for name in ("pin_fast", "pin_remote"):
+            for name in PIN_PROBES:
                 if feat.available.pop(name, None):
                     feat.missing[name] = "FOLL_LONGTERM's value not found (BTF or mm.h)"
         else:

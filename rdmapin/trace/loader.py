@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdmapin.errors import RdmapinError, UnsupportedError
-from rdmapin.trace.features import FOLIO_PROBES, KPROBES, Features
+from rdmapin.trace.features import FOLIO_PROBES, KPROBES, PIN_PROBES, Features
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def select_files(feat: Features) -> list[str]:
         files.append("isolation.c")
     if feat.has("collapse"):
         files.append("collapse.c")
-    if feat.has("umem") or feat.has("pin_fast") or feat.has("pin_remote"):
+    if feat.has("umem") or any(feat.has(p) for p in PIN_PROBES):
         files.append("pins.c")
     return files
 

@@ -77,3 +77,38 @@ def test_inspect_cli_columns_fit_80():
 def test_bad_flow_reconcile_of_missing_pid():
     with pytest.raises(RdmapinError, match="is the pid alive"):
         pages.reconcile(2**22 + 4321)
+
+
+def test_io_uring_fixed_buffer_is_a_pin_no_mr_explains():
+    """A real long-term pin outside RDMA (io_uring fixed buffer): VmPin grows by exactly its
+    bytes, no MR accounts for them, reconcile says so and names the usual sources; the
+    inspect row shows the pin and, where pin counts are readable, its backing."""
+    import json
+
+    from uring import FixedBuffer
+
+    from rdmapin.trace import kcore
+
+    base = procfs.vm_pin()
+    with Buffer(1 << 20, advice=MADV_NOHUGEPAGE) as buf:
+        buf.touch()
+        try:
+            fixed = FixedBuffer(buf.addr, buf.length)
+        except OSError as e:
+            pytest.skip(f"io_uring unavailable here: {e}")
+        with fixed:
+            rec = pages.reconcile()
+            assert rec.vm_pin - base == procfs.vm_pin() - base == buf.length
+            assert rec.mr_pinned == 0 and rec.unexplained == rec.vm_pin and not rec.agrees
+            assert any("io_uring" in f for f in rec.findings), rec.findings
+            out = subprocess.run([sys.executable, "-m", "rdmapin", "inspect", str(os.getpid()),
+                                  "-j"], capture_output=True, text=True, check=True,
+                                 cwd=TOP).stdout
+            row = json.loads(out)
+            assert row["vm_pin"] == rec.vm_pin and row["mrs"] == 0 and not row["agrees"]
+            if kcore.unavailable() is None:
+                assert row["backing_from"] == "pinned pages"
+                assert row["backing"]["4k"] == rec.vm_pin
+            else:
+                assert row["backing_from"].startswith("mrs (pins outside them not shown")
+        assert procfs.vm_pin() == base

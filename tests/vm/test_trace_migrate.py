@@ -87,3 +87,37 @@ def test_two_mrs_over_one_buffer_are_two_owners():
         finally:
             del arr
             buf.close()
+
+
+def test_io_uring_pin_is_traced_and_its_failures_are_attributed_to_it():
+    """A long-term pin outside RDMA (an io_uring fixed buffer: pin_user_pages with
+    FOLL_LONGTERM on 6.1) is in the ledger as such, and move_pages(2)'s failures on its pages
+    name it, this process and no MR; the totals still equal /proc/vmstat's deltas."""
+    from uring import FixedBuffer
+
+    buf, arr = buffer_on_node(NPAGES, 0)
+    try:
+        with Tracer() as t:
+            v0, t0 = procfs.vmstat(), t.totals()
+            with FixedBuffer(arr.ctypes.data, len(arr)):
+                pinned = set(pfns_of(arr).tolist())
+                st = mm.move_pages(mm.page_addrs(arr.ctypes.data, len(arr)), 1)
+                v1, t1 = procfs.vmstat(), t.totals()
+                events = t.events()
+        deltas = assert_totals_match(v0, v1, t0, t1)
+        assert (st < 0).all(), st
+        assert deltas["pgmigrate_fail"] == NPAGES
+        pins = [e for e in events if e.kind == Kind.PIN_LONGTERM]
+        assert [(e.detail["addr"], e.detail["nr_pages"]) for e in pins] == [
+            (arr.ctypes.data, NPAGES)]
+        assert t1["longterm_pins"] - t0["longterm_pins"] == NPAGES
+        fails = [e for e in events if e.kind == Kind.FOLIO_FAIL]
+        assert {e.pfn for e in fails} == pinned
+        for e in fails:
+            (o,) = e.owners
+            assert (o.source, o.pid, o.addr, o.length) == (
+                "pin_user_pages", os.getpid(), arr.ctypes.data, len(arr))
+            assert o.lkey is None and o.label().startswith("pin ")
+    finally:
+        del arr
+        buf.close()
