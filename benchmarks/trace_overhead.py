@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from rdmapin import mm, procfs
+from rdmapin import mm
 from rdmapin.trace import Tracer
 
 PAGE = mm.PAGE_SIZE
@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             t.pause()
             plain.append(storm(addrs)[0])
             t.resume()
-            v0, t0 = procfs.vmstat(), t.totals()
+            v0, t0 = t.vmstat_and_totals()
             t_start = time.perf_counter()
             dt, n = storm(addrs)
-            v1, t1 = procfs.vmstat(), t.totals()
+            v1, t1 = t.vmstat_and_totals()
             t.poll(0)
             traced_s += time.perf_counter() - t_start
             traced.append(dt)

@@ -24,7 +24,7 @@ from rdmapin.trace import features as _features
 from rdmapin.trace import inventory as _inventory
 from rdmapin.trace import loader
 from rdmapin.trace.attribution import Owner, OwnerMap
-from rdmapin.trace.events import COUNTERS, Event, Kind
+from rdmapin.trace.events import COUNTERS, VMSTAT_KEYS, Event, Kind
 from rdmapin.trace.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,20 @@ class Tracer:
         if self.program is None:
             return dict(getattr(self, "_final_totals", {}))
         return self._read_totals()
+
+    def vmstat_and_totals(self, tries: int = 50) -> tuple[dict[str, int], dict[str, int]]:
+        """/proc/vmstat and ``totals()`` read at one moment nothing migrated or compacted.
+
+        Read one after the other, a background migration between the two reads (kcompactd,
+        a NUMA hint fault) lands in one and not the other: a full VM run saw the pair differ
+        by 2 pages. So each is read twice, interleaved, until neither moved in between (the
+        last pair if the system never stops for ``tries`` reads)."""
+        for _ in range(tries):
+            t_a, v_a = self.totals(), procfs.vmstat()
+            t_b, v_b = self.totals(), procfs.vmstat()
+            if all(t_a[k] == t_b[k] and v_a.get(k) == v_b.get(k) for k in VMSTAT_KEYS):
+                break
+        return v_a, t_a
 
     def _read_hists(self) -> dict[str, dict[int, int]]:
         out = {}

@@ -13,7 +13,6 @@ import sys
 
 import pytest
 
-from rdmapin import procfs
 from rdmapin.trace import Kind, Tracer, features, loader
 from rdmapin.trace.events import VMSTAT_KEYS
 
@@ -33,10 +32,10 @@ def _need_tracing() -> features.Features:
 def test_compaction_totals_equal_vmstat_deltas():
     _need_tracing()
     with Tracer(inventory=False) as t:
-        v0, t0 = procfs.vmstat(), t.totals()
+        v0, t0 = t.vmstat_and_totals()
         with open("/proc/sys/vm/compact_memory", "w") as f:
             f.write("1")
-        v1, t1 = procfs.vmstat(), t.totals()
+        v1, t1 = t.vmstat_and_totals()
         events = t.events()
     for k in VMSTAT_KEYS:
         assert t1[k] - t0[k] == v1[k] - v0[k], k
@@ -157,9 +156,9 @@ def test_pause_detaches_and_resume_reattaches_without_recompiling():
         assert t.totals() == before  # nothing counted while detached
         t.resume()
         assert t.program is prog
-        v0, t0 = procfs.vmstat(), t.totals()
+        v0, t0 = t.vmstat_and_totals()
         compact()
-        v1, t1 = procfs.vmstat(), t.totals()
+        v1, t1 = t.vmstat_and_totals()
     for k in VMSTAT_KEYS:
         assert t1[k] - t0[k] == v1[k] - v0[k], k
     assert t1["compaction_runs"] > t0["compaction_runs"]

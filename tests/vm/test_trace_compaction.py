@@ -10,7 +10,7 @@ import pytest
 from trace_util import assert_totals_match, buffer_on_node, pfns_of
 
 import rdmapin
-from rdmapin import procfs, registry
+from rdmapin import registry
 from rdmapin.trace import Kind, Tracer
 from rdmapin.trace.summary import Summary
 
@@ -31,10 +31,10 @@ def test_compact_memory_counts_match_vmstat_and_pinned_blocks_are_skipped():
             pinned = pfns_of(arr)
             with Tracer(free_scans=True) as t:
                 inv = [(o.source, o.lkey, o.pages) for o in t.inventory.owners]
-                v0, t0 = procfs.vmstat(), t.totals()
+                v0, t0 = t.vmstat_and_totals()
                 with open("/proc/sys/vm/compact_memory", "w") as f:
                     f.write("1")
-                v1, t1 = procfs.vmstat(), t.totals()
+                v1, t1 = t.vmstat_and_totals()
                 events = t.events()
             deltas = assert_totals_match(v0, v1, t0, t1)
             assert deltas["compact_migrate_scanned"] > 0 and deltas["compact_isolated"] > 0

@@ -12,7 +12,7 @@ import pytest
 from trace_util import assert_totals_match, buffer_on_node, mlock, pfns_of
 
 import rdmapin
-from rdmapin import mm, procfs
+from rdmapin import mm
 from rdmapin.trace import Kind, Tracer
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]
@@ -26,14 +26,14 @@ def test_registered_pages_fail_and_are_attributed_mlocked_and_plain_migrate():
         pln_buf, pln = buffer_on_node(NPAGES, 0)
         mlock(lck)
         with Tracer() as t:
-            v0, t0 = procfs.vmstat(), t.totals()
+            v0, t0 = t.vmstat_and_totals()
             mr = pd.register(reg)
             pinned = set(pfns_of(reg).tolist())
             try:
                 st_reg = mm.move_pages(mm.page_addrs(reg.ctypes.data, len(reg)), 1)
                 st_lck = mm.move_pages(mm.page_addrs(lck.ctypes.data, len(lck)), 1)
                 st_pln = mm.move_pages(mm.page_addrs(pln.ctypes.data, len(pln)), 1)
-                v1, t1 = procfs.vmstat(), t.totals()
+                v1, t1 = t.vmstat_and_totals()
                 events = t.events()
             finally:
                 mr.close()
@@ -98,11 +98,11 @@ def test_io_uring_pin_is_traced_and_its_failures_are_attributed_to_it():
     buf, arr = buffer_on_node(NPAGES, 0)
     try:
         with Tracer() as t:
-            v0, t0 = procfs.vmstat(), t.totals()
+            v0, t0 = t.vmstat_and_totals()
             with FixedBuffer(arr.ctypes.data, len(arr)):
                 pinned = set(pfns_of(arr).tolist())
                 st = mm.move_pages(mm.page_addrs(arr.ctypes.data, len(arr)), 1)
-                v1, t1 = procfs.vmstat(), t.totals()
+                v1, t1 = t.vmstat_and_totals()
                 events = t.events()
         deltas = assert_totals_match(v0, v1, t0, t1)
         assert (st < 0).all(), st

@@ -16,7 +16,6 @@ import pytest
 from trace_util import assert_totals_match, pfns_of, require
 
 import rdmapin
-from rdmapin import procfs
 from rdmapin.pages import zones
 from rdmapin.trace import Kind, Tracer
 
@@ -48,10 +47,10 @@ def test_registering_movable_pages_migrates_them_first_attributed_to_the_registr
     in_movable = int((zone == MOVABLE).sum())
     assert in_movable > 0, "no page of the buffer landed in ZONE_MOVABLE"
     with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd, Tracer() as t:
-        v0, t0 = procfs.vmstat(), t.totals()
+        v0, t0 = t.vmstat_and_totals()
         mr = pd.register(arr)
         try:
-            v1, t1 = procfs.vmstat(), t.totals()
+            v1, t1 = t.vmstat_and_totals()
             events = t.events()
             _, zone_after = zones.lookup(pfns_of(arr))
         finally:

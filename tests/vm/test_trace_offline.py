@@ -21,7 +21,6 @@ import pytest
 from trace_util import PAGE, assert_totals_match, buffer_on_node, pfns_of, require
 
 import rdmapin
-from rdmapin import procfs
 from rdmapin.pages import zones
 from rdmapin.trace import Kind, Tracer
 
@@ -88,9 +87,9 @@ def test_offlining_a_pinned_block_fails_naming_the_mr_and_succeeds_after_close()
                     kept.append((buf, arr, mr))
                     pfns = pfns_of(arr)
                     block, held = Counter((pfns // block_pages).tolist()).most_common(1)[0]
-                    v0, t0 = procfs.vmstat(), t.totals()
+                    v0, t0 = t.vmstat_and_totals()
                     rc, state, err = _offline(block, ATTEMPT_S)
-                    v1, t1 = procfs.vmstat(), t.totals()
+                    v1, t1 = t.vmstat_and_totals()
                     deltas = assert_totals_match(v0, v1, t0, t1)
                     assert state == "online", f"memory{block} went {state} with an MR in it"
                     tried.append((block, held, rc, err, deltas.get("pgmigrate_fail")))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from trace_util import PAGE, assert_totals_match
 
-from rdmapin import mm, procfs
+from rdmapin import mm
 from rdmapin.pages import pagemap
 from rdmapin.trace import Kind, Tracer
 
@@ -50,9 +50,9 @@ def test_pin_made_before_tracer_starts_is_attributed_to_the_other_process():
             mine = [o for o in t.inventory.owners if o.pid == child.pid]
             assert [(o.addr, o.length, o.lkey, o.source) for o in mine] == [
                 (addr, length, lkey, "inventory")], t.inventory.unresolved
-            v0, t0 = procfs.vmstat(), t.totals()
+            v0, t0 = t.vmstat_and_totals()
             status = mm.move_pages(mm.page_addrs(addr, length), 1, pid=child.pid)
-            v1, t1 = procfs.vmstat(), t.totals()
+            v1, t1 = t.vmstat_and_totals()
             events = t.events()
         assert (status < 0).all()
         deltas = assert_totals_match(v0, v1, t0, t1)
