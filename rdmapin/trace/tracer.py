@@ -349,7 +349,7 @@ class Tracer:
         for _ in range(tries):
             t_a, v_a = self.totals(), procfs.vmstat()
             t_b, v_b = self.totals(), procfs.vmstat()
-            if all(t_a[k] == t_b[k] and v_a.get(k) == v_b.get(k) for k in VMSTAT_KEYS):
+            if all(t_a.get(k) == t_b.get(k) and v_a.get(k) == v_b.get(k) for k in VMSTAT_KEYS):
                 break
         return v_a, t_a
 
