@@ -75,6 +75,7 @@ class Ledger:
         o = p.owner if p else Owner(pid=pid, comm=comm, addr=addr, length=size, source="ledger")
         o.umem = umem
         e = self.early.pop((umem, ts_ns), None)
+        self.read_ahead.add((umem, ts_ns))  # its event came first: watch need not read it
         if e is not None:
             o.lkey, o.device = e.lkey, e.device
             self.owners.add(o, e.pfns)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trace_util import buffer_on_node
 
 import rdmapin
 import rdmapin.pages as pages
@@ -234,13 +235,7 @@ def test_pinned_pfns_of_a_range_under_migration(pd):
     """A pinned shmem page that move_pages(2) keeps trying to move reads in pagemap as a
     migration (swap) entry for a moment; ``pinned_pfns`` reads it as the pinned PFN, where
     plain ``pfns`` says 0 (the tracer lost owners that way: CLI test, stop 7)."""
-    import mmap
-
-    n = 64
-    buf = mmap.mmap(-1, n * PAGE)  # MAP_SHARED: shmem, unmapped while migration tries
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    mm.mbind(arr.ctypes.data, len(arr), 0)
-    arr[::PAGE] = 1
+    buf, arr = buffer_on_node(64, 0)  # MAP_SHARED: shmem, unmapped while migration tries
     stop = threading.Event()
     try:
         with pd.register(arr):
