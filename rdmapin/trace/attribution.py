@@ -107,6 +107,11 @@ class OwnerMap:
         ident = self._pfn_owner.get(pfn)
         return self.owners.get(ident) if ident else None
 
+    def pfns(self, ident: int) -> np.ndarray:
+        """The PFNs held for owner ``ident``, sorted."""
+        return np.sort(np.fromiter((p for p, o in self._pfn_owner.items() if o == ident),
+                                   dtype=np.uint64))
+
     def in_range(self, start: int, end: int) -> dict[int, int]:
         """{owner ident: pinned PFNs in [start, end)}."""
         if self._sorted is None:
