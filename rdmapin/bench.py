@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdmapin import _lib, explain, memory
+from rdmapin import _lib, explain, memory, procfs
 from rdmapin.access import Access
 from rdmapin.device import open_device
 
@@ -187,13 +187,6 @@ def per_op(device: str, iters: int, rounds: int, workdir: Path) -> list[PerOp]:
     return list(rows.values())
 
 
-def _mem_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _fits(size: int, pages: str) -> str | None:
     """None when ``size`` of ``pages`` can be allocated now, else why not."""
     if pages in ("2m", "1g"):
@@ -202,7 +195,7 @@ def _fits(size: int, pages: str) -> str | None:
         if free * hp < size:
             return f"needs {size // hp} free {pages} hugepages, {free} free"
         return None
-    avail = _mem_available()
+    avail = procfs.meminfo()["MemAvailable"]
     if avail < size + 128 * MIB:
         return f"needs {size >> 20} MiB + 128 MiB headroom, MemAvailable {avail >> 20} MiB"
     return None

@@ -1,4 +1,4 @@
-"""The kernel's own counters, read as they are: /proc/vmstat and /proc/PID/status.
+"""The kernel's own counters, read as they are: /proc/vmstat, /proc/meminfo, /proc/PID/status.
 
 Every number rdmapin prints about pins and migrations is checked against these.
 """
@@ -43,6 +43,16 @@ def foll_pins() -> int:
     """Pages pinned system-wide with FOLL_PIN right now (acquired - released)."""
     v = vmstat()
     return v["nr_foll_pin_acquired"] - v["nr_foll_pin_released"]
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes (MemAvailable, CmaTotal ...); HugePages_* stay page counts."""
+    out: dict[str, int] = {}
+    for line in (PROC / "meminfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields = value.split()  # "123 kB", or a bare count
+        out[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return out
 
 
 def status(pid: int | str = "self") -> dict[str, int | str]:

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from rdmapin import mm
 from rdmapin.physmap import blocks, pins
 
 EXAMPLES = """examples:
@@ -51,7 +52,7 @@ def _progress() -> object:
 
 
 def render_text(pmap: blocks.PhysMap) -> list[str]:
-    mib = pmap.pages_per_block * 4096 >> 20
+    mib = pmap.pages_per_block * mm.PAGE_SIZE >> 20
     t = pmap.totals()
     out = [f"PAGEBLOCKS ({mib} MiB, order {pmap.order}) BY WORST PAGE", HEADER]
     for s in pmap.summaries:

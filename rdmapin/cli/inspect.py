@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from rdmapin import procfs
+from rdmapin import mm, procfs
 from rdmapin.errors import RdmapinError
 from rdmapin.pages import inspect as inspect_region
 from rdmapin.pages import rdma_res, reconcile
@@ -78,7 +78,7 @@ def _add_backing(backing: dict[str, int], pid: int, addr: int, length: int) -> N
     for name, pages in rep.backing_pages.items():
         key = ("4k" if name == "4k" else "thp" if name.startswith("thp")
                else "hugetlb" if name.startswith("hugetlb") else "other")
-        backing[key] += pages * 4096
+        backing[key] += pages * mm.PAGE_SIZE
 
 
 def _add_mrs(backing: dict[str, int], pid: int, mrs: list) -> None:

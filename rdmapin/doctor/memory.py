@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from rdmapin import mm, procfs
 from rdmapin.doctor import Check, Status
 from rdmapin.doctor.limits import human_bytes
 from rdmapin.physmap import zones
@@ -103,11 +104,11 @@ def fragmentation(order: int | None = None) -> Iterator[Check]:
                 "free_blocks": blocks, "unusable_index": round(index, 3),
                 "source": "debugfs" if kernel else "buddyinfo"}
         name = f"frag n{fa.node} {fa.zone}"
-        value = (f"{blocks} free {human_bytes(4096 << order)} blocks of "
-                 f"{human_bytes(free * 4096)} free; unusable {index:.3f}")
+        value = (f"{blocks} free {human_bytes(mm.PAGE_SIZE << order)} blocks of "
+                 f"{human_bytes(free * mm.PAGE_SIZE)} free; unusable {index:.3f}")
         # Half of a zone's free memory (and at least 64 MiB of it) unable to give one
         # pageblock means THP and hugetlb allocations there will need compaction first.
-        if index > 0.5 and free * 4096 >= 64 << 20:
+        if index > 0.5 and free * mm.PAGE_SIZE >= 64 << 20:
             yield Check(name, Status.WARN, value, data=data,
                         fix="echo 1 > /proc/sys/vm/compact_memory (now), raise "
                             "vm.compaction_proactiveness (background)")
@@ -133,20 +134,13 @@ def compaction() -> Iterator[Check]:
         yield Check("compaction", Status.PASS, value, data=data)
 
 
-def _cma_total() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("CmaTotal:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def movable_zones() -> Iterator[Check]:
     """FOLL_LONGTERM pins migrate pages out of ZONE_MOVABLE and CMA before pinning them
     (mm/gup.c check_and_migrate_movable_pages), so registration there costs a copy."""
     movable = [z for z in zones.zoneinfo() if z.name == "Movable" and z.present > 0]
-    cma = _cma_total()
-    data = {"movable": {f"n{z.node}": z.present * 4096 for z in movable}, "cma": cma}
-    parts = [f"Movable {human_bytes(z.present * 4096)} on n{z.node}" for z in movable]
+    cma = procfs.meminfo().get("CmaTotal", 0)
+    data = {"movable": {f"n{z.node}": z.present * mm.PAGE_SIZE for z in movable}, "cma": cma}
+    parts = [f"Movable {human_bytes(z.present * mm.PAGE_SIZE)} on n{z.node}" for z in movable]
     if cma:
         parts.append(f"CMA {human_bytes(cma)}")
     if not parts:

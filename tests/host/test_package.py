@@ -3,6 +3,7 @@ kernel-counter readers agree with the files they read."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import rdmapin
@@ -34,3 +35,12 @@ def test_foll_pins_from_vmstat():
     # Another process may pin or unpin between the two reads; the counters are monotonic.
     assert procfs.foll_pins() <= int(v["nr_foll_pin_acquired"])
     assert procfs.vmstat()["nr_foll_pin_acquired"] >= int(v["nr_foll_pin_acquired"])
+
+
+def test_meminfo_in_bytes_agrees_with_sysinfo_and_hugetlb_sysfs():
+    m = procfs.meminfo()
+    # glibc's _SC_PHYS_PAGES is sysinfo(2)'s totalram, the number MemTotal prints in kB
+    assert m["MemTotal"] == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    size = m["Hugepagesize"]
+    nr = Path(f"/sys/kernel/mm/hugepages/hugepages-{size >> 10}kB/nr_hugepages").read_text()
+    assert m["HugePages_Total"] == int(nr)  # a page count, not bytes
