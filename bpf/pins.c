@@ -1,18 +1,21 @@
 /* The pin ledger: who pinned which user range long-term, while tracing.
  * Events: kprobe+kretprobe ib_umem_get(device, addr, size, access) -> struct ib_umem * (the
  *         RDMA core pins an MR's pages here with pin_user_pages_fast(FOLL_LONGTERM)),
- *         kprobe ib_umem_release(umem); kprobes pin_user_pages, pin_user_pages_fast and
- *         pin_user_pages_remote with FOLL_LONGTERM set, outside ib_umem_get (io_uring fixed
- *         buffers, VFIO, ...).
- *         Maps: rp_umem_live, the registrations alive now, and rp_umem_gen, bumped by each
- *         new one: the user side reads a new MR's pages from its pagemap while the MR still
- *         pins them, not when it gets to the event (the ring is read in order, and behind a
- *         flood of folio failures a TCG guest was measured ~50 s late: long after a
- *         short-lived MR was released and its pages moved).
+ *         kprobe ib_umem_release(umem); kprobe+kretprobe pin_user_pages, pin_user_pages_fast
+ *         and pin_user_pages_remote with FOLL_LONGTERM set, outside ib_umem_get (io_uring fixed
+ *         buffers, VFIO, ...), one event at the return (pages pinned, or the error).
+ *         Maps: rp_umem_live, the registrations alive now, rp_pin_recent, the other pins made
+ *         and not yet read, and rp_umem_gen, bumped by each new one of either: the user side
+ *         reads their pages from the pagemap while they are still pinned, not when it gets to
+ *         the event (the ring is read in order, and behind a flood of folio failures a TCG
+ *         guest was measured ~50 s late: long after a short-lived MR was released and its
+ *         pages moved). A pin_user_pages* pin has no release event to pair with, so the user
+ *         side deletes what it read from rp_pin_recent.
  * -D parameters: HAVE_UMEM (ib_umem_get/release attachable), HAVE_PIN_USER, HAVE_PIN_FAST,
  *   HAVE_PIN_REMOTE (attach only), RP_FOLL_LONGTERM (the flag's value, from BTF or the
- *   kernel's mm.h; it moved from a #define to an enum after 6.1), RP_UMEM_SLOTS (bound of
- *   rp_umem_live; a registration past it is read when its event is, as before).
+ *   kernel's mm.h; it moved from a #define to an enum after 6.1), RP_UMEM_SLOTS and
+ *   RP_PIN_SLOTS (bounds of rp_umem_live and rp_pin_recent; a pin past them is read when its
+ *   event is).
  */
 #include "rdmapin_events.h"
 
@@ -38,6 +41,35 @@ struct rp_umem_live {
 
 BPF_HASH(rp_umem_live, u64, struct rp_umem_live, RP_UMEM_SLOTS);	/* umem -> range */
 BPF_ARRAY(rp_umem_gen, u64, 1);
+
+#ifndef RP_PIN_SLOTS
+#define RP_PIN_SLOTS 4096
+#endif
+
+struct rp_pin_call {
+	u64 start;
+	u64 nr_pages;
+	u64 gup_flags;
+};
+
+struct rp_pin_done {
+	u64 start;
+	u64 nr_pages;	/* pinned: the call's return */
+	u32 pid;
+	u32 pad;
+};
+
+BPF_HASH(rp_pin_inflight, u32, struct rp_pin_call, RP_TID_SLOTS);
+BPF_HASH(rp_pin_recent, u64, struct rp_pin_done, RP_PIN_SLOTS);	/* event ts_ns -> range */
+
+static __always_inline void rp_gen_bump(void)
+{
+	int zero = 0;
+	u64 *gen = rp_umem_gen.lookup(&zero);
+
+	if (gen)
+		__sync_fetch_and_add(gen, 1);
+}
 
 /* ib_umem_get(struct ib_device *device, unsigned long addr, size_t size, int access) */
 int rp_umem_get(struct pt_regs *ctx)
@@ -78,16 +110,12 @@ int rp_umem_get_ret(struct pt_regs *ctx)
 			.ts_ns = ev.ts_ns, .addr = ev.a, .size = ev.b, .pid = ev.pid, .pad = 0,
 		};
 		u64 key = umem;
-		int zero = 0;
-		u64 *gen;
 
 		ev.c = umem;
 		rp_count(RPC_UMEM_GETS, 1);
 		rp_count(RPC_UMEM_BYTES, ev.b);
 		rp_umem_live.update(&key, &live);
-		gen = rp_umem_gen.lookup(&zero);
-		if (gen)
-			__sync_fetch_and_add(gen, 1);
+		rp_gen_bump();
 	}
 	rp_emit(ctx, &ev);
 	return 0;
@@ -112,15 +140,42 @@ int rp_umem_release(struct pt_regs *ctx)
 static __always_inline int rp_pin(struct pt_regs *ctx, u64 start, u64 nr_pages, u64 gup_flags)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct rp_event ev;
+	struct rp_pin_call call = { .start = start, .nr_pages = nr_pages, .gup_flags = gup_flags };
 
 	if (!(gup_flags & RP_FOLL_LONGTERM) || rp_umem_inflight.lookup(&tid))
 		return 0;
-	rp_count(RPC_PIN_LONGTERM, nr_pages);
+	rp_pin_inflight.update(&tid, &call);
+	return 0;
+}
+
+/* The return of any of the three: the number of pages pinned (int or long), or -errno. */
+int rp_pin_ret(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct rp_pin_call *call = rp_pin_inflight.lookup(&tid);
+	long pinned = (int)PT_REGS_RC(ctx);
+	struct rp_event ev;
+
+	if (!call)
+		return 0;
 	rp_init(&ev, RP_PIN_LONGTERM);
-	ev.a = start;
-	ev.b = nr_pages;
-	ev.d = gup_flags;
+	ev.a = call->start;
+	ev.b = pinned > 0 ? pinned : 0;
+	ev.c = call->nr_pages;
+	ev.d = call->gup_flags;
+	rp_pin_inflight.delete(&tid);
+	if (pinned < 0) {
+		ev.ret = pinned;
+	} else if (pinned > 0) {
+		struct rp_pin_done done = {
+			.start = ev.a, .nr_pages = ev.b, .pid = ev.pid, .pad = 0,
+		};
+		u64 key = ev.ts_ns;
+
+		rp_count(RPC_PIN_LONGTERM, ev.b);
+		rp_pin_recent.update(&key, &done);
+		rp_gen_bump();
+	}
 	rp_emit(ctx, &ev);
 	return 0;
 }

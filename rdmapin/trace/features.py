@@ -49,9 +49,12 @@ KPROBES = (
     ("umem", "ib_umem_get", "HAVE_UMEM",
      (("rp_umem_get", False), ("rp_umem_get_ret", True))),
     ("umem_release", "ib_umem_release", "HAVE_UMEM", (("rp_umem_release", False),)),
-    ("pin_user", "pin_user_pages", "HAVE_PIN_USER", (("rp_pin_user", False),)),
-    ("pin_fast", "pin_user_pages_fast", "HAVE_PIN_FAST", (("rp_pin_fast", False),)),
-    ("pin_remote", "pin_user_pages_remote", "HAVE_PIN_REMOTE", (("rp_pin_remote", False),)),
+    ("pin_user", "pin_user_pages", "HAVE_PIN_USER",
+     (("rp_pin_user", False), ("rp_pin_ret", True))),
+    ("pin_fast", "pin_user_pages_fast", "HAVE_PIN_FAST",
+     (("rp_pin_fast", False), ("rp_pin_ret", True))),
+    ("pin_remote", "pin_user_pages_remote", "HAVE_PIN_REMOTE",
+     (("rp_pin_remote", False), ("rp_pin_ret", True))),
 )
 # Long-term pins outside RDMA: io_uring's fixed buffers (pin_user_pages on 6.1), VFIO
 # (pin_user_pages_remote), drivers (pin_user_pages_fast).

@@ -8,7 +8,8 @@ the tracer calls every few tens of ms with the registrations alive in the kernel
 rp_umem_live map), because the events themselves may be read far too late (the ring is
 read in order, and behind a flood of folio failures a TCG guest was ~50 s late, by when a
 short-lived MR was released and its pages had moved). A registration ``watch`` missed is
-read when its event is.
+read when its event is. Long-term pins outside RDMA (pin_user_pages*: io_uring, VFIO) are
+read the same way by ``watch_pins``, from the kernel's rp_pin_recent.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Ledger:
     by_umem: dict[int, int] = field(default_factory=dict)      # umem pointer -> owner ident
     early: dict[tuple[int, int], Early] = field(default_factory=dict)  # (umem, ts) -> read
     read_ahead: set[tuple[int, int]] = field(default_factory=set)  # live ones, read or used
+    early_pins: dict[int, np.ndarray] = field(default_factory=dict)  # pin event ts_ns -> PFNs
+    pins_used: set[int] = field(default_factory=set)  # pin events read before watch_pins
     registered: int = 0
     released: int = 0
     failed: int = 0
@@ -94,11 +97,35 @@ class Ledger:
         self.released += 1
         return o
 
-    def pinned(self, pid: int, comm: str, start: int, nr_pages: int, page: int) -> Owner:
-        """A FOLL_LONGTERM pin_user_pages* outside RDMA (io_uring, VFIO): no release event
-        to pair it with, so it stays in the map for the run."""
-        return self.owners.add_range(Owner(pid=pid, comm=comm, addr=start,
-                                           length=nr_pages * page, source="pin_user_pages"))
+    def pinned(self, pid: int, comm: str, start: int, nr_pages: int, page: int,
+               ts_ns: int | None = None) -> Owner:
+        """A FOLL_LONGTERM pin_user_pages* outside RDMA (io_uring, VFIO), its event stamped
+        ``ts_ns``: no release event to pair it with, so it stays in the map for the run."""
+        o = Owner(pid=pid, comm=comm, addr=start, length=nr_pages * page,
+                  source="pin_user_pages")
+        pfns = self.early_pins.pop(ts_ns, None) if ts_ns is not None else None
+        if pfns is not None:
+            return self.owners.add(o, pfns)
+        if ts_ns is not None:
+            if len(self.pins_used) >= EARLY_MAX:
+                self.pins_used.clear()  # only a pin both here and still unread is re-read
+            self.pins_used.add(ts_ns)
+        return self.owners.add_range(o)
+
+    def watch_pins(self, recent: dict[int, tuple[int, int, int]], page: int) -> None:
+        """Read the pages of the pins in ``recent`` ({event ts_ns: (pid, start, nr_pages)},
+        the kernel's rp_pin_recent) now, while they are surely still pinned."""
+        for ts_ns, (pid, start, nr_pages) in recent.items():
+            if ts_ns in self.pins_used:  # its event came first and read them
+                self.pins_used.discard(ts_ns)
+                continue
+            try:
+                pfns = pagemap.pinned_pfns(pagemap.read(pid, start, nr_pages * page))
+            except OSError:  # the process is gone: its event reads what it can
+                continue
+            if len(self.early_pins) >= EARLY_MAX:  # events lost: forget the oldest
+                del self.early_pins[min(self.early_pins)]
+            self.early_pins[ts_ns] = pfns
 
     def registering(self, tid: int) -> Owner | None:
         p = self.pending.get(tid)

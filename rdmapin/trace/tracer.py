@@ -10,6 +10,7 @@ to its owner, and keeps totals that agree with /proc/vmstat.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -71,7 +72,7 @@ class Tracer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pins_thread: threading.Thread | None = None
-        self._pins_lock = threading.Lock()  # Ledger.early, between the two threads
+        self._pins_lock = threading.Lock()  # Ledger.early*, between the two threads
         self._t0_ns = 0
         self._tid_owners: dict[int, dict[int, Owner]] = {}
         self._registry_seen: set[tuple[str, int]] = set()
@@ -81,6 +82,7 @@ class Tracer:
         self._table: Any = None
         self._umem_live: Any = None
         self._umem_gen: Any = None
+        self._pin_recent: Any = None
         self._pins_gen = 0
         self.started = 0.0
 
@@ -98,6 +100,8 @@ class Tracer:
         self._table = b[b"rp_events"]
         if self.features.has("umem"):
             self._umem_live, self._umem_gen = b[b"rp_umem_live"], b[b"rp_umem_gen"]
+        if any(self.features.has(n) for n in _features.PIN_PROBES):
+            self._pin_recent, self._umem_gen = b[b"rp_pin_recent"], b[b"rp_umem_gen"]
         if self.program.ringbuf:
             self._table.open_ring_buffer(self._on_raw)
         else:
@@ -110,7 +114,7 @@ class Tracer:
                                        if o.source == "registry"}
         self._thread = threading.Thread(target=self._run, name="rdmapin-trace", daemon=True)
         self._thread.start()
-        if self._umem_live is not None:
+        if self._umem_gen is not None:
             self._pins_thread = threading.Thread(target=self._run_pins, name="rdmapin-pins",
                                                  daemon=True)
             self._pins_thread.start()
@@ -160,7 +164,8 @@ class Tracer:
         self.poll(0)
 
     def _run_pins(self) -> None:
-        """Read the pages of new registrations while they are pinned (Ledger.watch), on a
+        """Read the pages of new registrations and pins while they are pinned (Ledger.watch,
+        Ledger.watch_pins), on a
         thread of its own: the draining thread reads events in order and may be far behind
         (a flood of failures in a TCG guest) or blocked (printing into a full pipe)."""
         while not self._stop.wait(PIN_WATCH_S):
@@ -175,6 +180,15 @@ class Tracer:
             if gen == self._pins_gen and not self.ledger.keys_wanted():
                 return
             self._pins_gen = gen
+            if self._pin_recent is not None:
+                recent = {int(k.value): (int(v.pid), int(v.start), int(v.nr_pages))
+                          for k, v in self._pin_recent.items()}
+                self.ledger.watch_pins(recent, PAGE)
+                for ts_ns in recent:  # no release event: read once, then forgotten
+                    with contextlib.suppress(KeyError):
+                        del self._pin_recent[self._pin_recent.Key(ts_ns)]
+            if self._umem_live is None:
+                return
             live = {(int(k.value), int(v.ts_ns)): (int(v.pid), int(v.addr), int(v.size))
                     for k, v in self._umem_live.items()}
 
@@ -307,8 +321,11 @@ class Tracer:
             o = self.ledger.release(r.c)
             ev.owners = [o] if o else []
         elif kind == Kind.PIN_LONGTERM:
-            ev.detail = {"addr": r.a, "nr_pages": r.b, "gup_flags": r.d}
-            ev.owners = [self.ledger.pinned(r.pid, ev.comm, r.a, r.b, PAGE)]
+            ev.reason = _errname(r.ret)
+            ev.detail = {"addr": r.a, "nr_pages": r.b, "requested": r.c, "gup_flags": r.d}
+            if r.b:
+                with self._pins_lock:
+                    ev.owners = [self.ledger.pinned(r.pid, ev.comm, r.a, r.b, PAGE, r.ts_ns)]
         return ev
 
     def _wanted(self, ev: Event) -> bool:

@@ -69,6 +69,35 @@ def test_ledger_registration_maps_this_process_pages_and_release_forgets_them():
     buf.close()
 
 
+def test_ledger_reads_a_pin_while_pinned_and_its_late_event_uses_that_read():
+    """A long-term pin outside RDMA (a real io_uring fixed buffer): watch_pins reads its pages
+    while pinned; its event, read after the pin is gone and the range unmapped, still gets
+    the pinned pages. An event read before watch_pins reads for itself (here: nothing, the
+    range is gone), and watch_pins then skips that pin."""
+    if not _pfns_visible():
+        pytest.skip("pagemap PFNs need CAP_SYS_ADMIN")
+    from uring import FixedBuffer
+
+    n = 8
+    buf = mmap.mmap(-1, n * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    arr[::PAGE] = 1
+    addr, pid = arr.ctypes.data, os.getpid()
+    ledger = Ledger(OwnerMap())
+    with FixedBuffer(addr, len(arr)):
+        pinned = pagemap.pfns(pagemap.read("self", addr, len(arr)))
+        ledger.watch_pins({111: (pid, addr, n)}, PAGE)
+    del arr
+    buf.close()  # unpinned and unmapped: a read of the range now finds no page
+    o = ledger.pinned(pid, "me", addr, n, PAGE, ts_ns=111)
+    assert o.pages == n and all(ledger.owners.lookup(int(p)) is o for p in pinned)
+    assert not ledger.early_pins
+    late = ledger.pinned(pid, "me", addr, n, PAGE, ts_ns=222)  # before watch_pins saw it
+    assert late.pages == 0 and ledger.pins_used == {222}
+    ledger.watch_pins({222: (pid, addr, n)}, PAGE)
+    assert not ledger.early_pins and not ledger.pins_used
+
+
 def test_ledger_reads_a_live_registrations_pages_before_its_event_arrives():
     """Ledger.watch reads the pages while the registration lives; the event, read later
     (after the pages moved, here: were written elsewhere), gets the pages read then."""

@@ -121,3 +121,36 @@ def test_io_uring_pin_is_traced_and_its_failures_are_attributed_to_it():
     finally:
         del arr
         buf.close()
+
+
+def test_io_uring_pin_is_read_while_pinned_though_its_event_is_read_late():
+    """The tracer reads a pin's pages while they are pinned, not when it gets to the event
+    (which a flood of failures or a slow terminal can hold back for tens of seconds in a TCG
+    guest): with the draining thread held, a fixed buffer is registered, unregistered and its
+    pages sent to node 1; the pin's owner still holds the PFNs its pages had while pinned."""
+    from uring import FixedBuffer
+
+    from rdmapin.trace.tracer import PIN_WATCH_S
+
+    buf, arr = buffer_on_node(NPAGES, 0)
+    try:
+        with Tracer() as t:
+            with t._lock:  # the draining thread waits here; the pins thread does not
+                with FixedBuffer(arr.ctypes.data, len(arr)):
+                    pinned = pfns_of(arr)
+                    time.sleep(20 * PIN_WATCH_S)
+                st = mm.move_pages(mm.page_addrs(arr.ctypes.data, len(arr)), 1)
+                moved = pfns_of(arr)
+            events = t.events()
+        assert (st == 1).all(), st  # unpinned, they moved
+        assert not set(moved.tolist()) & set(pinned.tolist())
+        pins = [e for e in events if e.kind == Kind.PIN_LONGTERM]
+        assert [(e.detail["addr"], e.detail["nr_pages"], e.reason) for e in pins] == [
+            (arr.ctypes.data, NPAGES, "")]
+        (o,) = pins[0].owners
+        assert o.source == "pin_user_pages" and o.pages == NPAGES
+        assert np.array_equal(t.owners.pfns(o.ident), np.unique(pinned))
+        assert not t.ledger.early_pins  # the read was used by the event
+    finally:
+        del arr
+        buf.close()
