@@ -165,9 +165,9 @@ class Tracer:
 
     def _run_pins(self) -> None:
         """Read the pages of new registrations and pins while they are pinned (Ledger.watch,
-        Ledger.watch_pins), on a
-        thread of its own: the draining thread reads events in order and may be far behind
-        (a flood of failures in a TCG guest) or blocked (printing into a full pipe)."""
+        Ledger.watch_pins), on a thread of its own: the draining thread reads events in order
+        and may be far behind (a flood of failures in a TCG guest) or blocked (printing into a
+        full pipe)."""
         while not self._stop.wait(PIN_WATCH_S):
             try:
                 self._watch_pins()
