@@ -14,9 +14,9 @@ deps:
 	@ci/install-deps
 
 # pyverbs and bcc exist only as Debian packages for /usr/bin/python3, hence system-site-packages.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py) | deps
+$(STAMP): pyproject.toml setup.py ci/constraints.txt $(wildcard csrc/*.c csrc/*.h csrc/*.py) | deps
 	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tools]'
+	$(PY) -m pip install -q --disable-pip-version-check -c ci/constraints.txt -e '.[test,tools]'
 	@touch $@
 
 venv: $(STAMP)
