@@ -121,8 +121,8 @@ class OwnerMap:
                 vals = np.fromiter(self._pfn_owner.values(), dtype=np.int64,
                                    count=len(self._pfn_owner))
                 # Not the default quicksort: numpy 2's AVX2 argsort misorders a few indices
-                # in 10^5 in a QEMU 7.2 TCG guest (the test bed), which moved PFNs into the
-                # neighbouring pageblock; the stable sort takes no SIMD path.
+                # in 10^5 under QEMU 7.2 TCG (the test bed; real AVX2 hardware sorts right),
+                # which moved PFNs into the neighbouring pageblock. Stable takes no SIMD path.
                 order = np.argsort(keys, kind="stable")
                 self._sorted = (keys[order], vals[order])
             else:
