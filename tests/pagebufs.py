@@ -21,6 +21,7 @@ libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HUGE_2M = 2 << 20

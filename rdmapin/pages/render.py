@@ -56,8 +56,10 @@ def render(r: RegionReport) -> str:
         line = f"vma       {v['start']:#x}-{v['end']:#x} {v['perms']} {v['path'] or '[anon]'}"
         out.append(line)
         if v["rss"] is not None:
+            pte = (v.get("thp_pte_mapped") or 0) // PAGE_SIZE  # exact: human() rounds
+            by_pte = f" (+{pte} THP page{'s' * (pte != 1)} by PTEs)" if pte else ""
             out.append(f"  smaps   {human(v['kernel_page_size'])} pages, rss {human(v['rss'])}, "
-                       f"thp {human(v['anon_huge_pages'])}, locked {human(v['locked'])}, "
-                       f"hugetlb {human(v['hugetlb'])}")
+                       f"thp {human(v['anon_huge_pages'])}{by_pte}, "
+                       f"locked {human(v['locked'])}, hugetlb {human(v['hugetlb'])}")
     out.extend(f"limit     {msg}" for msg in r.limits)
     return "\n".join(out)

@@ -59,6 +59,13 @@ class RegionReport:
     def bytes(self) -> int:
         return self.length
 
+    @property
+    def thp_pte_mapped(self) -> int | None:
+        """Bytes of anonymous THP mapped by PTEs, over the VMAs the range covers whole (None
+        when smaps was not read or no VMA is covered whole)."""
+        known = [v["thp_pte_mapped"] for v in self.vmas if v.get("thp_pte_mapped") is not None]
+        return sum(known) if known else None
+
     def to_dict(self) -> dict:
         """JSON-ready facts (arrays left out; ``pfns`` stays on the object)."""
         return {
@@ -95,11 +102,17 @@ def _hugetlb_pages(vmas: list[smaps.Vma], page_addrs_first: int, count: int) -> 
     return out
 
 
-def _vma_dict(v: smaps.Vma, addr: int, length: int) -> dict:
-    """The VMA's range and, when smaps was read, its own counters (else None)."""
+def _vma_dict(v: smaps.Vma, addr: int, length: int, thp_pages: int | None) -> dict:
+    """The VMA's range and, when smaps was read, its own counters (else None).
+
+    ``thp_pages`` is how many of the VMA's pages kpageflags puts in anonymous THPs. Where
+    the range covers the whole VMA, those bytes minus smaps' AnonHugePages (the PMD-mapped
+    ones) are THP mapped by PTEs: a split PMD (mprotect or munmap of part of a THP, NUMA
+    balancing) keeps the folio whole, so the two counters differ by exactly that."""
     f = v.fields
+    covered = v.start >= addr and v.end <= addr + length
     d: dict = {"start": v.start, "end": v.end, "perms": v.perms, "path": v.path,
-               "covered": v.start >= addr and v.end <= addr + length}
+               "covered": covered}
     have = bool(f)
     d["kernel_page_size"] = v.kernel_page_size if have else None
     for key, name in (("rss", "Rss"), ("anon_huge_pages", "AnonHugePages"),
@@ -107,7 +120,25 @@ def _vma_dict(v: smaps.Vma, addr: int, length: int) -> dict:
         d[key] = f.get(name, 0) if have else None
     d["hugetlb"] = f.get("Shared_Hugetlb", 0) + f.get("Private_Hugetlb", 0) if have else None
     d["flags"] = list(v.flags) if have else None
+    d["thp_pte_mapped"] = (thp_pages * PAGE_SIZE - d["anon_huge_pages"]
+                           if have and covered and thp_pages is not None else None)
     return d
+
+
+def _thp_pages_per_vma(vmas: list[smaps.Vma], page0: int, present: np.ndarray,
+                       category: np.ndarray | None) -> list[int | None]:
+    """Anonymous THP pages (kpageflags) inside each VMA, None without page flags."""
+    if category is None:
+        return [None] * len(vmas)
+    thp = np.zeros(len(present), dtype=np.int64)
+    thp[present] = (category == folio_mod.CAT["thp_2m"]) | (category == folio_mod.CAT["thp_other"])
+    cum = np.concatenate(([0], np.cumsum(thp)))
+    out: list[int | None] = []
+    for v in vmas:
+        lo = min(max(v.start - page0, 0) // PAGE_SIZE, len(present))
+        hi = min(max(v.end - page0, 0) // PAGE_SIZE, len(present))
+        out.append(int(cum[hi] - cum[lo]))
+    return out
 
 
 def _runs(pfns: np.ndarray, present: np.ndarray, all_present: bool) -> tuple[int, int]:
@@ -172,6 +203,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
     folio_sizes: dict[int, int] = {}
     mlocked = unevictable = 0
     folio_count = n_present
+    page_category = None
     if flags is not None:
         hp = None
         if (flags & _HUGE).any():
@@ -180,6 +212,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
             hp = _hugetlb_pages(vmas, page0, count)[present]
         excl = pagemap.exclusive(entries if all_present else entries[present])
         fol = folio_mod.group(pfns, flags, excl, hp)
+        page_category = fol.category[fol.page_folio]
         by_cat = np.bincount(fol.category, weights=fol.in_range, minlength=ncat)
         folios_by_cat = np.bincount(fol.category[fol.distinct], minlength=ncat)
         for i, name in enumerate(folio_mod.CATEGORIES):
@@ -214,6 +247,8 @@ def inspect(addr: int, length: int, pid: int | None = None,
         runs=runs, longest_run=longest, descriptors=descriptors,
         descriptors_complete=n_present == count, nodes=nodes, zones=zone_counts,
         mlocked=mlocked, unevictable=unevictable,
-        vmas=[_vma_dict(v, addr, length) for v in vmas], limits=limits,
+        vmas=[_vma_dict(v, addr, length, t) for v, t in
+              zip(vmas, _thp_pages_per_vma(vmas, page0, present, page_category), strict=True)],
+        limits=limits,
         pfns=pfns_all, entries=entries, flags=flags,
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
@@ -96,6 +97,34 @@ def test_thp_matches_anonhugepages():
             # physical contiguity is at a 2M-aligned VA: 2M pages fit, as 2 blocks.
             assert cut.descriptors.best_page_size == HUGE_2M
             assert cut.descriptors.best_blocks == 2
+
+
+@pytest.mark.skipif(thp_mode() == "never", reason="THP disabled on this kernel")
+def test_thp_whose_pmd_mprotect_split_is_reported_as_mapped_by_ptes():
+    """mprotect of one page of a THP splits its PMD but not the folio: kpageflags still says
+    THP for all 512 pages, smaps' AnonHugePages drops by 2 MiB. The report names the gap."""
+    with Buffer(8 << 20, align=HUGE_2M, advice=MADV_HUGEPAGE) as buf:
+        buf.touch()
+        f = _flags(buf.addr, buf.length)
+        heads = np.flatnonzero(kpf.bit(f, KPF.COMPOUND_HEAD) & kpf.bit(f, KPF.THP))
+        chunk = next((int(i) for i in heads if i % (HUGE_2M // PAGE) == 0), None)
+        assert chunk is not None, "the kernel granted no 2 MiB THP to a MADV_HUGEPAGE region"
+        whole = pages.inspect(buf.addr, buf.length, detail=True)
+        assert whole.thp_pte_mapped == 0
+        assert "by PTEs" not in str(whole)
+        split = buf.addr + chunk * PAGE
+        assert libc.mprotect(split, PAGE, mmap.PROT_READ) == 0, ctypes.get_errno()
+        r = pages.inspect(buf.addr, buf.length, detail=True)
+        vmas = smaps.covering("self", buf.addr, buf.length)
+        thp = int(kpf.bit(_flags(buf.addr, buf.length), KPF.THP).sum()) * PAGE
+        assert thp == int(kpf.bit(f, KPF.THP).sum()) * PAGE  # the folio stayed whole
+        assert r.thp_pte_mapped == thp - sum(v.fields["AnonHugePages"] for v in vmas) == HUGE_2M
+        by_vma = {v["start"]: v["thp_pte_mapped"] for v in r.vmas}
+        assert by_vma[split] == PAGE and by_vma[split + PAGE] == HUGE_2M - PAGE
+        assert "(+1 THP page by PTEs)" in str(r) and "(+511 THP pages by PTEs)" in str(r)
+        # A range that covers the split VMA only in part cannot say (smaps is per VMA).
+        part = pages.inspect(split + PAGE, PAGE, detail=True)
+        assert part.thp_pte_mapped is None
 
 
 def test_zero_page_is_not_rss():
