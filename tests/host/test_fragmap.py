@@ -157,33 +157,53 @@ def test_totals_add_up_to_zone_spans():
     assert sum(sum(s.pageblocks.values()) for s in pm.summaries) == len(touched)
 
 
+# Runs in a process of its own whose allocator neither maps nor returns memory: a map built
+# while the reader's own arrays fault pages in and out of the buddy allocator counts them
+# allocated where the zoneinfo read before it counted them free. Measured in the guest:
+# 80 of 1362 quiet zone-reads 2-16 pages off (all node 0 DMA32, where the reader allocates;
+# in streaks, so 10 reads could all be off) with the default malloc, 1 of 893 with this one.
+_QUIET_READS = """
+import ctypes, json, sys, time
+from rdmapin.physmap import blocks, zones
+libc = ctypes.CDLL("libc.so.6")
+assert libc.mallopt(-4, 0) == 1        # M_MMAP_MAX: every allocation from the heap
+assert libc.mallopt(-1, 1 << 40) == 1  # M_TRIM_THRESHOLD: which keeps what it has
+blocks.build()                         # the heap now holds what a build needs
+pending, agreed = {}, set()
+for _ in range(30):
+    before = {z.label: z.free for z in zones.zoneinfo()}
+    pm = blocks.build()
+    after = {z.label: z.free for z in zones.zoneinfo()}
+    got = {s.zone.label: s.pages["free"] for s in pm.summaries}
+    for k in before:
+        if k in agreed or before[k] != after.get(k):
+            continue
+        if got[k] == before[k]:
+            agreed.add(k)
+            pending.pop(k, None)
+        else:
+            pending[k] = (got[k], before[k])
+    if len(agreed) == len(before):
+        break
+    time.sleep(0.05)
+json.dump({"agreed": sorted(agreed), "pending": pending}, sys.stdout)
+"""
+
+
 @needs_root
 def test_free_pages_equal_zoneinfo_when_quiet():
     """Free pages per zone equal the kernel's NR_FREE_PAGES ("pages free") exactly, for
     every zone whose count did not change while the map was read.
 
-    A zone can allocate and free in the middle of a read and end where it began (seen: 2
-    pages off in a busy guest), so a zone agrees when one of a few quiet reads matches."""
-    pending: dict[str, tuple[int, int]] = {}
-    agreed: set[str] = set()
-    for _ in range(10):
-        before = {z.label: z.free for z in zones.zoneinfo()}
-        pm = blocks.build()
-        after = {z.label: z.free for z in zones.zoneinfo()}
-        got = {s.zone.label: s.pages["free"] for s in pm.summaries}
-        for k in before:
-            if k in agreed or before[k] != after.get(k):
-                continue
-            if got[k] == before[k]:
-                agreed.add(k)
-                pending.pop(k, None)
-            else:
-                pending[k] = (got[k], before[k])
-        if agreed and not pending and len(agreed) == len(before):
-            break
-    if not agreed and not pending:
+    A zone can still allocate and free in the middle of a read and end where it began, so
+    a zone agrees when one of up to 30 quiet reads matches."""
+    proc = subprocess.run([sys.executable, "-c", _QUIET_READS], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    if not res["agreed"] and not res["pending"]:
         pytest.skip("every zone's free count changed during every read (a busy host)")
-    assert pending == {}, "fragmap free pages vs zoneinfo, per zone (got, kernel)"
+    assert res["pending"] == {}, "fragmap free pages vs zoneinfo, per zone (got, kernel)"
 
 
 @needs_root
