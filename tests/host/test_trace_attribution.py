@@ -39,7 +39,7 @@ def test_owner_map_counts_every_pageblock_of_a_large_scattered_region_exactly():
     """The compaction test's shape: 131072 PFNs in the order a pagemap gives them, two
     owners, every pageblock counted against a direct count. Also run in the guest, where
     numpy 2.4's default (AVX2) argsort under QEMU 7.2 TCG misorders a few indices in
-    10^5: the map sorted that way put 3-13 PFNs into the neighbouring pageblock."""
+    10^5: the map sorted that way moved up to 13 PFNs across a pageblock boundary."""
     rng = np.random.default_rng(7)
     pfns = rng.permutation(np.arange(0x6800, 0x40000, dtype=np.uint64))[:131072]
     m = OwnerMap()
