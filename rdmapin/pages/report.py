@@ -94,12 +94,20 @@ def _hugetlb_pages(vmas: list[smaps.Vma], page_addrs_first: int, count: int) -> 
     """Hugetlb page size (in base pages) of the VMA holding each page; 1 elsewhere."""
     out = np.ones(count, dtype=np.int64)
     for v in vmas:
-        if not v.hugetlb:
-            continue
-        lo = max(v.start, page_addrs_first) - page_addrs_first
-        hi = min(v.end, page_addrs_first + count * PAGE_SIZE) - page_addrs_first
-        out[lo // PAGE_SIZE:hi // PAGE_SIZE] = v.kernel_page_size // PAGE_SIZE
+        if v.hugetlb:
+            out[_page_slice(v, page_addrs_first, count)] = v.kernel_page_size // PAGE_SIZE
     return out
+
+
+def _page_slice(v: smaps.Vma, page0: int, count: int) -> slice:
+    """The range's pages (``count`` of them from address ``page0``) that lie in ``v``."""
+    lo = max(v.start, page0) - page0
+    hi = min(v.end, page0 + count * PAGE_SIZE) - page0
+    return slice(lo // PAGE_SIZE, max(hi, lo) // PAGE_SIZE)
+
+
+def _covered(v: smaps.Vma, addr: int, length: int) -> bool:
+    return v.start >= addr and v.end <= addr + length
 
 
 def _vma_dict(v: smaps.Vma, addr: int, length: int, thp_pages: int | None) -> dict:
@@ -110,7 +118,7 @@ def _vma_dict(v: smaps.Vma, addr: int, length: int, thp_pages: int | None) -> di
     ones) are THP mapped by PTEs: a split PMD (mprotect or munmap of part of a THP, NUMA
     balancing) keeps the folio whole, so the two counters differ by exactly that."""
     f = v.fields
-    covered = v.start >= addr and v.end <= addr + length
+    covered = _covered(v, addr, length)
     d: dict = {"start": v.start, "end": v.end, "perms": v.perms, "path": v.path,
                "covered": covered}
     have = bool(f)
@@ -125,19 +133,22 @@ def _vma_dict(v: smaps.Vma, addr: int, length: int, thp_pages: int | None) -> di
     return d
 
 
-def _thp_pages_per_vma(vmas: list[smaps.Vma], page0: int, present: np.ndarray,
-                       category: np.ndarray | None) -> list[int | None]:
-    """Anonymous THP pages (kpageflags) inside each VMA, None without page flags."""
-    if category is None:
+def _thp_pages_per_vma(vmas: list[smaps.Vma], addr: int, length: int, page0: int,
+                       present: np.ndarray, fol: folio_mod.Folios | None) -> list[int | None]:
+    """Anonymous THP pages (kpageflags) inside each VMA whose PTE-mapped THP can be told
+    (smaps read, the range covers it whole); None for the others and without page flags.
+    Nothing is computed when no VMA qualifies (the default, smaps not read)."""
+    want = [bool(v.fields) and _covered(v, addr, length) for v in vmas]
+    if fol is None or not any(want):
         return [None] * len(vmas)
+    category = fol.category[fol.page_folio]
     thp = np.zeros(len(present), dtype=np.int64)
     thp[present] = (category == folio_mod.CAT["thp_2m"]) | (category == folio_mod.CAT["thp_other"])
     cum = np.concatenate(([0], np.cumsum(thp)))
     out: list[int | None] = []
-    for v in vmas:
-        lo = min(max(v.start - page0, 0) // PAGE_SIZE, len(present))
-        hi = min(max(v.end - page0, 0) // PAGE_SIZE, len(present))
-        out.append(int(cum[hi] - cum[lo]))
+    for v, w in zip(vmas, want, strict=True):
+        sl = _page_slice(v, page0, len(present))
+        out.append(int(cum[sl.stop] - cum[sl.start]) if w else None)
     return out
 
 
@@ -203,7 +214,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
     folio_sizes: dict[int, int] = {}
     mlocked = unevictable = 0
     folio_count = n_present
-    page_category = None
+    fol = None
     if flags is not None:
         hp = None
         if (flags & _HUGE).any():
@@ -212,7 +223,6 @@ def inspect(addr: int, length: int, pid: int | None = None,
             hp = _hugetlb_pages(vmas, page0, count)[present]
         excl = pagemap.exclusive(entries if all_present else entries[present])
         fol = folio_mod.group(pfns, flags, excl, hp)
-        page_category = fol.category[fol.page_folio]
         by_cat = np.bincount(fol.category, weights=fol.in_range, minlength=ncat)
         folios_by_cat = np.bincount(fol.category[fol.distinct], minlength=ncat)
         for i, name in enumerate(folio_mod.CATEGORIES):
@@ -248,7 +258,8 @@ def inspect(addr: int, length: int, pid: int | None = None,
         descriptors_complete=n_present == count, nodes=nodes, zones=zone_counts,
         mlocked=mlocked, unevictable=unevictable,
         vmas=[_vma_dict(v, addr, length, t) for v, t in
-              zip(vmas, _thp_pages_per_vma(vmas, page0, present, page_category), strict=True)],
+              zip(vmas, _thp_pages_per_vma(vmas, addr, length, page0, present, fol),
+                  strict=True)],
         limits=limits,
         pfns=pfns_all, entries=entries, flags=flags,
     )
