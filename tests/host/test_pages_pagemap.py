@@ -45,12 +45,29 @@ def test_kpageflags_match_plain_reads_and_order():
         p = pagemap.pfns(pagemap.read(os.getpid(), buf.addr, buf.length))
         shuffled = np.random.default_rng(1).permutation(np.concatenate([p, p[:10]]))
         flags = kpf.read(shuffled)
+        ksm = 1 << KPF.KSM if kpf.ksm_bit_on_every_anon_page() else 0
         for pfn, f in zip(shuffled.tolist(), flags.tolist(), strict=True):
-            assert f == _plain_entry("/proc/kpageflags", pfn)
+            assert f == _plain_entry("/proc/kpageflags", pfn) & ~ksm
         own = kpf.read(p)
         assert kpf.bit(own, KPF.ANON).all()
         assert not kpf.bit(own, KPF.THP).any()
         assert "ANON" in kpf.names(int(own[0]))
+
+
+def test_ksm_quirk_is_probed_from_the_kernels_own_flags():
+    """6.10+'s stable_page_flags() sets KPF_KSM on every anonymous page (its test of
+    PAGE_MAPPING_KSM is true for any anon mapping); Debian's 6.12.118 has it, 6.1 and 6.18
+    do not. The probe's answer is what a plain read of a never-merged page says, and the
+    reader never reports KSM for such a page either way."""
+    with Buffer(16 * PAGE, advice=MADV_NOHUGEPAGE) as buf:
+        buf.touch()
+        p = pagemap.pfns(pagemap.read("self", buf.addr, buf.length))
+        raw = [_plain_entry("/proc/kpageflags", int(x)) for x in p]
+        assert all(r >> KPF.ANON & 1 for r in raw)
+        raw_ksm = {bool(r >> KPF.KSM & 1) for r in raw}
+        assert raw_ksm == {kpf.ksm_bit_on_every_anon_page()}
+        assert not kpf.bit(kpf.read(p), KPF.KSM).any()
+        assert not kpf.bit(kpf.read_range(int(p[0]), 1), KPF.KSM).any()
 
 
 def test_unaligned_range_covers_partial_pages():
