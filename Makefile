@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py ci/constraints.txt $(wildcard csrc/*.c csrc/*.
 venv: $(STAMP)
 
 kernel: | deps
-	@ci/vm/fetch-kernel >/dev/null
+	@. ci/vm/kernel.env && for k in $$KERNELS; do ci/vm/fetch-kernel $$k >/dev/null || exit 1; done
 
 test: setup
 	@ci/test

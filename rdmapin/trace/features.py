@@ -97,6 +97,9 @@ def parse_format(text: str) -> TracepointFormat:
     return TracepointFormat(fields, symbols)
 
 
+MOUNT_TRACEFS = "mount -t tracefs tracefs /sys/kernel/tracing"
+
+
 def tracefs() -> Path | None:
     for p in TRACEFS_CANDIDATES:
         try:
@@ -304,14 +307,13 @@ def probe() -> Features:
     """Look at the running kernel; never raises for a missing capability."""
     root = tracefs()
     feat = Features(tracefs=root)
+    _headers(feat)
     if root is None:
         if os.geteuid() != 0:
             feat.missing["all"] = "tracing needs root (tracefs is not readable)"
         else:
-            feat.missing["all"] = ("tracefs not mounted "
-                                   "(mount -t tracefs tracefs /sys/kernel/tracing)")
+            feat.missing["all"] = f"tracefs not mounted ({MOUNT_TRACEFS})"
         return feat
-    _headers(feat)
     for name, tp, define, needed in TRACEPOINTS:
         fmt = _read_format(root, tp)
         if fmt is None:

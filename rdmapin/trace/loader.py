@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdmapin.errors import RdmapinError, UnsupportedError
-from rdmapin.trace.features import FOLIO_PROBES, KPROBES, PIN_PROBES, Features
+from rdmapin.trace.features import FOLIO_PROBES, KPROBES, MOUNT_TRACEFS, PIN_PROBES, Features
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,13 @@ def load(feat: Features, *, ringbuf: bool | None = None,
     """Compile and attach; raises UnsupportedError when nothing can be watched here."""
     from bcc import BPF  # imported late: the CLI's --help must work without bcc
 
+    if feat.tracefs is None:
+        if os.geteuid() != 0:
+            raise UnsupportedError("tracefs is not readable by this user",
+                                   hint="trace as root (or with CAP_BPF+CAP_PERFMON)")
+        # The tracer does not change the system's mounts: it says the one command that does.
+        raise UnsupportedError("tracefs is not mounted: the tracer reads tracepoint formats "
+                               "and attaches through it", hint=MOUNT_TRACEFS)
     files = select_files(feat)
     if not files:
         raise UnsupportedError(

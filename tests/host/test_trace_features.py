@@ -8,6 +8,7 @@ import re
 import struct
 
 import pytest
+from needs import need_host_tracing
 
 from rdmapin.trace import btf, features
 
@@ -36,8 +37,7 @@ def test_parse_format_fields_and_symbolic_tables():
 
 
 def test_probe_reads_this_kernels_enum_names_from_format_files():
-    if features.tracefs() is None:
-        pytest.skip("tracefs not mounted")
+    need_host_tracing()
     feat = features.probe()
     text = (feat.tracefs / "events/migrate/mm_migrate_pages/format").read_text()
     pairs = dict(re.findall(r'\{(\d+), "(\w+)"\}', text.partition("REC->reason,")[2]))

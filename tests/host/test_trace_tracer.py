@@ -12,20 +12,15 @@ import subprocess
 import sys
 
 import pytest
+from needs import need_host_tracing
 
 from rdmapin.trace import Kind, Tracer, features, loader
 from rdmapin.trace.events import VMSTAT_KEYS
 
 
 def _need_tracing() -> features.Features:
-    if os.geteuid() != 0:
-        pytest.skip("tracing needs root")
-    feat = features.probe()
-    if feat.tracefs is None:
-        pytest.skip("tracefs not mounted")
-    if feat.headers == "none":
-        pytest.skip("no kernel headers (or stand-in) for bcc")
-    return feat
+    need_host_tracing()
+    return features.probe()
 
 
 @pytest.mark.host_kernel
