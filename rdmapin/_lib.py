@@ -11,8 +11,23 @@ from __future__ import annotations
 import errno as _errno
 from dataclasses import dataclass
 
-from rdmapin._verbs import ffi, lib
 from rdmapin.errors import DeviceError, NoDeviceError, RdmapinOSError, UnsupportedError
+
+# The C shim's interface version (csrc/shim.c's rdmapin_verbs_api_version): bump both together
+# whenever a declaration in csrc/shim.h changes, so a stale build is caught at import.
+API_VERSION = 1
+_REBUILD = ("rebuild it: pip install --force-reinstall rdmapin (in a checkout: "
+            "pip install -e . or make venv; needs gcc and libibverbs-dev)")
+
+try:
+    from rdmapin._verbs import ffi, lib
+except ImportError as _e:
+    raise ImportError(f"rdmapin's C extension rdmapin._verbs cannot be loaded ({_e}): "
+                      + _REBUILD) from _e
+if lib.rdmapin_verbs_api_version() != API_VERSION:
+    raise ImportError(f"rdmapin._verbs was built for shim API "
+                      f"{lib.rdmapin_verbs_api_version()}, this rdmapin needs {API_VERSION}: "
+                      + _REBUILD)
 
 NULL = ffi.NULL
 MAX_DEVICES = 64

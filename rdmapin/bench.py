@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdmapin import _lib, explain, memory, procfs
+from rdmapin import _lib, explain, memory, procfs, sources
 from rdmapin.access import Access
 from rdmapin.device import open_device
+from rdmapin.errors import UnsupportedError
 
-TOP = Path(__file__).resolve().parents[1]
-FLOOR_SRC = TOP / "csrc" / "reg_floor.c"
 ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
 MIB = 1 << 20
 
@@ -83,11 +82,22 @@ def build_floor(outdir: Path) -> tuple[Path, Path]:
     own process) and the library whose loop runs in this one."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        raise RuntimeError("no C compiler (cc) to build the C floor")
+        raise UnsupportedError("no C compiler (cc) to build the C floor csrc/reg_floor.c",
+                               hint="apt-get install gcc libibverbs-dev")
+    src = sources.floor_source()
+    if not src.is_file():
+        raise UnsupportedError(f"the C floor's source {src} is missing",
+                               hint="reinstall rdmapin from its wheel or sdist, or run "
+                                    "from the source tree")
     exe, so = outdir / "reg_floor", outdir / "libreg_floor.so"
-    subprocess.run([cc, "-O2", "-o", str(exe), str(FLOOR_SRC), "-libverbs"], check=True)
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-DREG_FLOOR_LIB", "-o", str(so),
-                    str(FLOOR_SRC), "-libverbs"], check=True)
+    for argv in ([cc, "-O2", "-o", str(exe), str(src), "-libverbs"],
+                 [cc, "-O2", "-shared", "-fPIC", "-DREG_FLOOR_LIB", "-o", str(so), str(src),
+                  "-libverbs"]):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            raise UnsupportedError(f"compiling the C floor {src} failed: {last}",
+                                   hint="apt-get install gcc libibverbs-dev")
     return exe, so
 
 

@@ -9,14 +9,13 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from rdmapin import sources
 from rdmapin.errors import RdmapinError, UnsupportedError
 from rdmapin.trace.features import FOLIO_PROBES, KPROBES, MOUNT_TRACEFS, PIN_PROBES, Features
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 HEADER = "rdmapin_events.h"
 # 16 MiB (~160k events): compact_memory over a 512 MiB MR emitted ~46k per-folio failures
 # faster than a TCG guest drains them when each of a pinned folio's 10 retries was an event
@@ -95,7 +94,7 @@ def cflags(feat: Features, ringbuf: bool, extra: dict[str, str | None] | None = 
     if ringbuf:
         defs["RP_RINGBUF"] = None
     defs.update(extra or {})
-    flags = [f"-I{BPF_DIR}", *feat.header_cflags]
+    flags = [f"-I{sources.bpf_dir()}", *feat.header_cflags]
     flags += [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in sorted(defs.items())]
     return flags
 
@@ -104,7 +103,8 @@ def source(files: list[str]) -> str:
     """The shared header and the files' text joined, not #included: bcc rewrites
     TRACEPOINT_PROBE and map methods (``rp_totals.lookup``) only in the main file. The files'
     own ``#include "rdmapin_events.h"`` then finds the guard set."""
-    return "".join(f"#line 1 \"{BPF_DIR / name}\"\n" + (BPF_DIR / name).read_text()
+    bpf = sources.bpf_dir()
+    return "".join(f"#line 1 \"{bpf / name}\"\n" + (bpf / name).read_text()
                    for name in [HEADER, *files])
 
 

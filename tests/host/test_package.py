@@ -11,9 +11,9 @@ from rdmapin import procfs
 
 
 def test_cffi_shim_is_built_in_api_mode():
-    from rdmapin import _verbs
+    from rdmapin import _lib, _verbs
 
-    assert _verbs.lib.rdmapin_verbs_api_version() == 1
+    assert _verbs.lib.rdmapin_verbs_api_version() == _lib.API_VERSION
     assert Path(_verbs.__file__).suffix == ".so"
 
 

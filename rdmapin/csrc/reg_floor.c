@@ -1,0 +1,1 @@
+../../csrc/reg_floor.c
