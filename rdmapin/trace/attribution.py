@@ -55,10 +55,15 @@ class Owner:
     pages: int = 0  # PFNs of it in the owner map
     ident: int = field(default=0, compare=False)
     keys_tried: float = field(default=0.0, compare=False, repr=False)
+    # The lkeys this range may be, when the kernel's MR list cannot tell (same length, no
+    # address): lkey stays None rather than a guess.
+    candidates: tuple[int, ...] = ()
 
     def label(self) -> str:
         what = "pin" if self.source == "pin_user_pages" else "mr"
         key = f" lkey={self.lkey:#x}" if self.lkey is not None else ""
+        if self.candidates:
+            key = " lkey=" + "|".join(f"{k:#x}" for k in self.candidates) + "?"
         return f"{what}{key} {self.comm}[{self.pid}] {self.addr:#x}+{self.length}"
 
     def to_dict(self) -> dict:
@@ -135,7 +140,7 @@ class OwnerMap:
     def resolve_keys(self, owner: Owner, kernel_mrs: list | None = None) -> None:
         """Fill in lkey/device for an MR owner: this process's registry by address, another's
         from the kernel's MR list by pid and length (first unclaimed match)."""
-        if owner.lkey is not None or owner.source == "pin_user_pages":
+        if owner.lkey is not None or owner.candidates or owner.source == "pin_user_pages":
             return
         now = time.monotonic()
         if kernel_mrs is None and now - owner.keys_tried < 1.0:

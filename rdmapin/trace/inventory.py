@@ -2,8 +2,9 @@
 
 This process's MRs come from rdmapin.registry (exact addresses). Other processes' MRs come
 from the kernel's RDMA resource tracking, which gives pid, comm, length and keys but no
-address on 6.1; their ranges are found by reading the process's pagemap and the pin counts
-of the pages behind it (rdmapin.trace.kcore), then matched to the MRs by length.
+address (6.1 and 6.12); their ranges are found by reading the process's pagemap and the pin
+counts of the pages behind it (rdmapin.trace.kcore), then matched to the MRs by length; where
+one process holds several MRs of one length, each such range names them all as candidates.
 """
 
 from __future__ import annotations
@@ -96,20 +97,27 @@ def take(owners: OwnerMap, pid: int | None = None) -> Inventory:
             inv.unresolved.append(f"{mrs[0].comm}[{mpid}]: cannot read its pages ({e})")
             continue
         # Match MRs to pinned runs by page count, largest first; two MRs over the same
-        # pages show as one run, claimed by the first.
+        # pages show as one run, claimed by the first. The kernel gives no MR address (6.1
+        # nor 6.12), so MRs of one size in one process cannot be told apart: each of their
+        # runs names all of them as candidates rather than guess which key is whose.
         free = list(runs)
+        by_size: dict[int, list[rdma_res.KernelMr]] = {}
         for m in sorted(mrs, key=lambda m: -m.length):
-            npages = -(-m.length // PAGE)
-            hit = next((r for r in free if r[1] // PAGE in (npages, npages + 1)), None)
-            if hit is None:
+            by_size.setdefault(-(-m.length // PAGE), []).append(m)
+        for npages, same in by_size.items():
+            hits = [r for r in free if r[1] // PAGE in (npages, npages + 1)][:len(same)]
+            for m in same[len(hits):]:
                 inv.unresolved.append(f"{m.comm}[{mpid}] mr lkey={m.lkey} {m.length} B: no "
                                       "pinned range of that size")
-                continue
-            free.remove(hit)
-            o = owners.add(Owner(pid=mpid, comm=m.comm or procfs.comm(mpid), addr=hit[0],
-                                 length=m.length, source="inventory", lkey=m.lkey,
-                                 device=m.device), hit[2])
-            inv.owners.append(o)
+            ambiguous = len(hits) > 1
+            candidates = tuple(sorted(m.lkey for m in same if m.lkey is not None))
+            for m, hit in zip(same, hits, strict=False):
+                free.remove(hit)
+                o = owners.add(Owner(pid=mpid, comm=m.comm or procfs.comm(mpid), addr=hit[0],
+                                     length=m.length, source="inventory",
+                                     lkey=None if ambiguous else m.lkey, device=m.device,
+                                     candidates=candidates if ambiguous else ()), hit[2])
+                inv.owners.append(o)
         for addr, length, pfns in free:
             o = owners.add(Owner(pid=mpid, comm=procfs.comm(mpid), addr=addr, length=length,
                                  source="inventory"), pfns)

@@ -71,9 +71,9 @@ class Summary:
     def _owner_cols(o: Owner | None) -> dict[str, Any]:
         if o is None:
             return {"owner": "unowned", "pid": None, "comm": None, "lkey": None,
-                    "addr": None, "length": None}
+                    "candidates": [], "addr": None, "length": None}
         return {"owner": o.label(), "pid": o.pid, "comm": o.comm, "lkey": o.lkey,
-                "addr": o.addr, "length": o.length}
+                "candidates": list(o.candidates), "addr": o.addr, "length": o.length}
 
     def failures_by_owner(self) -> list[dict[str, Any]]:
         rows = []

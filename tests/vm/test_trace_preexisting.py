@@ -66,3 +66,50 @@ def test_pin_made_before_tracer_starts_is_attributed_to_the_other_process():
         child.stdin.write("\n")
         child.stdin.flush()
         child.wait(timeout=30)
+
+
+TWINS = textwrap.dedent(f"""
+    import mmap, sys
+    import numpy as np
+    import rdmapin
+    from rdmapin import mm
+    n = {NPAGES}
+    # [A: n pages][gap][B: n pages][gap][C: 2n pages]: three pinned runs, A and B alike.
+    buf = mmap.mmap(-1, (4 * n + 2) * {PAGE})
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    arr[::{PAGE}] = 1
+    P = {PAGE}
+    parts = (arr[:n * P], arr[(n + 1) * P:(2 * n + 1) * P], arr[(2 * n + 2) * P:])
+    with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
+        mrs = [pd.register(p) for p in parts]
+        print(" ".join(f"{{m.addr}}:{{m.length}}:{{m.lkey}}" for m in mrs), flush=True)
+        sys.stdin.readline()
+""")
+
+
+def test_inventory_names_both_candidates_when_two_mrs_have_one_length():
+    """Neither 6.1 nor 6.12 gives an MR's address in `rdma resource`, so two MRs of one
+    length in one process cannot be told apart: each range names both lkeys, none is
+    guessed; an MR of another length in the same process keeps its exact lkey."""
+    from rdmapin.trace import inventory
+    from rdmapin.trace.attribution import OwnerMap
+
+    child = subprocess.Popen([sys.executable, "-c", TWINS], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        held = [tuple(int(x) for x in w.split(":")) for w in child.stdout.readline().split()]
+        (a_addr, n_len, a_key), (b_addr, _, b_key), (c_addr, c_len, c_key) = held
+        inv = inventory.take(OwnerMap(), pid=child.pid)
+        mine = sorted((o for o in inv.owners if o.pid == child.pid), key=lambda o: o.addr)
+        assert [(o.addr, o.length) for o in mine] == [(a_addr, n_len), (b_addr, n_len),
+                                                      (c_addr, c_len)], inv.unresolved
+        twins, single = mine[:2], mine[2]
+        for o in twins:
+            assert o.lkey is None and o.candidates == tuple(sorted((a_key, b_key)))
+            assert f"lkey={min(a_key, b_key):#x}|{max(a_key, b_key):#x}?" in o.label()
+            assert o.pages == NPAGES
+        assert single.lkey == c_key and single.candidates == () and single.pages == 2 * NPAGES
+    finally:
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.wait(timeout=30)
