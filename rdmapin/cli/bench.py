@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rdmapin import bench
+from rdmapin.cli import argtypes
 
 EXAMPLES = """examples:
   rdmapin bench                          # per-op and us/MiB tables, progress on stderr
@@ -22,13 +23,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--device", default="rxe0", help="RDMA device (default rxe0)")
-    p.add_argument("--iters", type=int, default=500, help="4 KiB reg+dereg per round")
-    p.add_argument("--rounds", type=int, default=9, help="alternating rounds per contender")
+    p.add_argument("--iters", type=argtypes.positive_int, default=500,
+                   help="4 KiB reg+dereg per round")
+    p.add_argument("--rounds", type=argtypes.positive_int, default=9,
+                   help="alternating rounds per contender")
     p.add_argument("--sizes", type=_sizes, default="64,256,1024", metavar="MIB,...",
                    help="region sizes in MiB ('' for none; default 64,256,1024)")
     p.add_argument("--pages", default="4k,thp,2m", metavar="KIND,...",
                    help="backings: 4k, thp, 2m, 1g (default 4k,thp,2m)")
-    p.add_argument("--plot", type=Path, metavar="FILE", help="write a PNG of the results")
+    p.add_argument("--plot", type=argtypes.output_file, metavar="FILE",
+                   help="write a PNG of the results")
     p.add_argument("-j", "--json", action="store_true", help="JSON lines instead of tables")
     p.set_defaults(func=run)
 

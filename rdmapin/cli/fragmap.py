@@ -8,6 +8,7 @@ import json
 import sys
 
 from rdmapin import mm
+from rdmapin.cli import argtypes
 from rdmapin.physmap import blocks, pins
 
 EXAMPLES = """examples:
@@ -29,9 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "unmovable, pinned",
                        description=__doc__, epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--png", metavar="FILE", help="also draw the map into FILE (matplotlib)")
+    p.add_argument("--png", type=argtypes.output_file, metavar="FILE",
+                   help="also draw the map into FILE (matplotlib)")
     p.add_argument("-j", "--json", action="store_true", help="JSON lines with stable keys")
-    p.add_argument("-p", "--pid", type=int, help="pins of this process's MRs only")
+    p.add_argument("-p", "--pid", type=argtypes.positive_int,
+                   help="pins of this process's MRs only")
     p.add_argument("--no-pins", action="store_true",
                    help="skip the MR inventory (kpageflags classes only)")
     p.set_defaults(func=run)

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from rdmapin.cli import argtypes
 from rdmapin.errors import RdmapinError
 from rdmapin.trace.events import Event, Kind
 from rdmapin.trace.summary import Summary, render
@@ -34,28 +35,23 @@ HEADER = ("TIME(s)", "COMM", "PID", "EVENT", "REASON", "PFN/RANGE", "OWNER")
 QUIET = (Kind.ISOLATE_FREE, Kind.UMEM_BEGIN)
 
 
-def _hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
-    return host or "127.0.0.1", int(port)
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="live compaction/migration failures on pinned pages",
                        description=__doc__, epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-p", "--pid", type=int, help="only events this pid ran or whose pages it pins")
+    p.add_argument("-p", "--pid", type=argtypes.positive_int,
+                   help="only events this pid ran or whose pages it pins")
     p.add_argument("-T", "--timestamp", action="store_true", help="wall-clock HH:MM:SS times")
     p.add_argument("-j", "--json", action="store_true", help="JSON lines instead of columns")
-    p.add_argument("-d", "--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
-    p.add_argument("-s", "--interval", type=float, metavar="INTERVAL",
+    p.add_argument("-d", "--duration", type=argtypes.positive_float, metavar="SECONDS",
+                   help="stop after SECONDS")
+    p.add_argument("-s", "--interval", type=argtypes.positive_float, metavar="INTERVAL",
                    help="print a summary every INTERVAL seconds")
     p.add_argument("--all", action="store_true",
                    help="every event, including scans of unpinned pageblocks")
     p.add_argument("--no-inventory", dest="inventory", action="store_false",
                    help="skip the start-up inventory of pins made before tracing")
-    p.add_argument("--prometheus", type=_hostport, metavar="HOST:PORT",
+    p.add_argument("--prometheus", type=argtypes.host_port, metavar="HOST:PORT",
                    help="serve counters for Prometheus (use 127.0.0.1 unless you mean it)")
     p.set_defaults(func=run)
 

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def human(nbytes: int) -> str:
     """1536 -> '1.5 KiB'; exact powers print without decimals ('2 MiB')."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if nbytes >= size:
             v = nbytes / size
             return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"

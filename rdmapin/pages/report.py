@@ -20,6 +20,7 @@ from rdmapin.pages import pagemap, smaps, zones
 from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP, Descriptors, describe
 from rdmapin.pages.kpageflags import KPF
 from rdmapin.pages.pagemap import PAGE_SIZE
+from rdmapin.pages.render import human
 
 _HUGE = kpf.mask(KPF.HUGE)
 _MLOCKED = kpf.mask(KPF.MLOCKED)
@@ -170,6 +171,21 @@ def _runs(pfns: np.ndarray, present: np.ndarray, all_present: bool) -> tuple[int
     return len(starts), int((ends - starts + 1).max())
 
 
+# A report holds 8-byte pagemap entries (and PFNs) for every base page of its range: past
+# 2^24 pages (64 GiB of address space, 128 MiB per array) it is refused before any read.
+MAX_PAGES = 1 << 24
+
+
+def _refuse_span(pid: int, addr: int, length: int, vmas: list[smaps.Vma]) -> None:
+    mapped = sum(min(v.end, addr + length) - max(v.start, addr) for v in vmas)
+    raise RdmapinError(
+        f"{addr:#x}+{length} spans {human(length)} of address space "
+        f"({human(mapped)} of it mapped in pid {pid}, {len(vmas)} mappings); a page "
+        f"report reads every base page of its range, at most {human(MAX_PAGES * PAGE_SIZE)}",
+        hint=f"report one mapping at a time: --addr START --len SIZE from /proc/{pid}/maps, "
+             "or an MR with --mr LKEY")
+
+
 def inspect(addr: int, length: int, pid: int | None = None,
             pgsz_bitmap: int = DEFAULT_PGSZ_BITMAP, detail: bool = False) -> RegionReport:
     """Report what backs [addr, addr + length) in ``pid`` (default: this process).
@@ -182,11 +198,13 @@ def inspect(addr: int, length: int, pid: int | None = None,
     pid = os.getpid() if pid is None else int(pid)
     first, count = pagemap.page_span(addr, length)
     page0 = first * PAGE_SIZE
-    entries = pagemap.read(pid, addr, length)
     vmas = smaps.covering(pid, addr, length, detail)
     if not vmas:
         raise RdmapinError(f"pid {pid} has nothing mapped at {addr:#x}+{length}",
                            hint=f"see /proc/{pid}/maps for its mappings")
+    if count > MAX_PAGES:
+        _refuse_span(pid, addr, length, vmas)
+    entries = pagemap.read(pid, addr, length)
     limits: list[str] = []
     present = pagemap.present(entries)
     all_present = bool(present.all())

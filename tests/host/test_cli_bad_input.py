@@ -1,0 +1,54 @@
+"""Bad arguments are refused at parse time (exit 2, what was expected) before any costly work,
+and a page report over a range far larger than what is mapped is an error with a hint, not
+an allocation that follows the requested length."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rdmapin", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("trace", "-d", "-1"), "must be > 0"),
+    (("trace", "-d", "nan"), "must be > 0"),
+    (("trace", "-s", "0"), "must be > 0"),
+    (("trace", "--prometheus", "127.0.0.1:99999"), "port 99999 is not in 1-65535"),
+    (("trace", "--prometheus", "127.0.0.1:0"), "port 0 is not in 1-65535"),
+    (("trace", "-p", "-5"), "must be > 0"),
+    (("fragmap", "--png", "/nonexistent/dir/x.png"), "'/nonexistent/dir' does not exist"),
+    (("fragmap", "--png", "/"), "not a directory"),
+    (("bench", "--rounds", "0"), "must be > 0"),
+    (("bench", "--plot", "/nonexistent/p.png"), "does not exist"),
+])
+def test_bad_arguments_are_usage_errors_before_any_work(args, says):
+    proc = _cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PFNs and page flags need root")
+def test_page_report_over_a_huge_range_is_refused_cheaply():
+    """The measured traceback: --addr 0x0 --len 99999999999999999 allocated 178 TiB."""
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import resource, subprocess, sys, os\n"
+         "r = subprocess.run([sys.executable, '-m', 'rdmapin', 'pages', '--pid', str(os.getpid()),"
+         " '--addr', '0x0', '--len', '99999999999999999'], capture_output=True, text=True)\n"
+         "print(r.returncode); print(r.stderr, end='')\n"
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"],
+        capture_output=True, text=True, timeout=120, check=False)
+    rc, *err, maxrss_kib = proc.stdout.splitlines()
+    assert rc == "1"
+    assert "Traceback" not in proc.stdout
+    assert err[0].startswith("rdmapin: error: 0x0+99999999999999999 spans ")
+    assert "of it mapped in pid" in err[0] and "(hint: report one mapping at a time" in err[0]
+    assert int(maxrss_kib) < 200 << 10  # the CLI's whole peak, numpy and all
