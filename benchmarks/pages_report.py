@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import rdmapin.pages as pages
-from rdmapin.pages import kpageflags, pagemap
+from rdmapin.kernel import kpageflags, pagemap
 
 TOP = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 import rdmapin
-from rdmapin import procfs
+from rdmapin.kernel import procfs
 
 SIZE = 64 << 20
 

@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import rdmapin
-from rdmapin import procfs
-from rdmapin.pages import inspect, zones
+from rdmapin.kernel import memblock, procfs
+from rdmapin.pages import inspect
 
 MEMORY = Path("/sys/devices/system/memory")
 
@@ -35,7 +35,7 @@ def offline(block: int, timeout: float) -> str:
 
 def main() -> int:
     filler = rdmapin.alloc(200 << 20, node=1)
-    block_pages = zones.block_pages()
+    block_pages = memblock.block_pages()
     with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
         for _attempt in range(4):
             buf = rdmapin.alloc(8 << 20, node=1)

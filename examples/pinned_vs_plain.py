@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 
 import rdmapin
-from rdmapin import mm, procfs
+from rdmapin import mm
+from rdmapin.kernel import procfs
 
 SIZE = 64 << 20
 

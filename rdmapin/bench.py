@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdmapin import _lib, explain, memory, procfs, sources
+from rdmapin import _lib, explain, memory, sources
 from rdmapin.access import Access
 from rdmapin.device import open_device
 from rdmapin.errors import UnsupportedError
+from rdmapin.kernel import procfs
 
 ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
 MIB = 1 << 20

@@ -13,7 +13,6 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from rdmapin import procfs
 from rdmapin.access import NEEDS_LOCAL_WRITE, WRITABLE, Access, describe
 from rdmapin.errors import (
     HugepagesError,
@@ -22,6 +21,7 @@ from rdmapin.errors import (
     RegistrationError,
     UnsupportedError,
 )
+from rdmapin.kernel import procfs
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CAP_IPC_LOCK = 14

@@ -13,7 +13,7 @@ import pytest
 from verbs_util import DEVICE
 
 import rdmapin
-from rdmapin import procfs
+from rdmapin.kernel import procfs
 
 
 @pytest.fixture

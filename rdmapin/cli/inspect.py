@@ -17,11 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-from rdmapin import mm, procfs
+from rdmapin import mm
 from rdmapin.errors import RdmapinError
+from rdmapin.kernel import kcore, procfs, rdma_res
 from rdmapin.pages import inspect as inspect_region
-from rdmapin.pages import rdma_res, reconcile
-from rdmapin.trace import inventory, kcore
+from rdmapin.pages import reconcile
+from rdmapin.trace import inventory
 
 EXAMPLES = """examples:
   rdmapin inspect              # every process with VmPin > 0 or an MR

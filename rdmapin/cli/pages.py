@@ -14,7 +14,8 @@ import re
 import sys
 
 from rdmapin.errors import RdmapinError
-from rdmapin.pages import inspect, rdma_res
+from rdmapin.kernel import rdma_res
+from rdmapin.pages import inspect
 from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP
 
 EXAMPLES = """examples:

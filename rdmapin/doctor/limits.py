@@ -9,8 +9,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from rdmapin import procfs
 from rdmapin.doctor import Check, Status
+from rdmapin.kernel import procfs
 
 # include/uapi/linux/capability.h
 CAP_DAC_OVERRIDE = 1

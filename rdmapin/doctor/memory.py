@@ -1,4 +1,4 @@
-"""Huge pages and contiguous memory: hugetlb pools, THP, fragmentation, movable zones.
+"""Huge pages and contiguous memory: hugetlb pools, THP, fragmentation, movable mmzone.
 
 Registration pins what backs a buffer; whether that can be 2 MiB pages (fewer
 descriptors, fewer pageblocks spoiled for compaction) depends on these.
@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from rdmapin import mm, procfs
+from rdmapin import mm
 from rdmapin.doctor import Check, Status
 from rdmapin.doctor.limits import human_bytes
-from rdmapin.physmap import zones
+from rdmapin.kernel import mmzone, procfs
 
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
 NODES = Path("/sys/devices/system/node")
@@ -93,9 +93,9 @@ def fragmentation(order: int | None = None) -> Iterator[Check]:
     The index is read from debugfs (extfrag/unusable_index) where it is mounted, else
     computed from /proc/buddyinfo with the kernel's own formula.
     """
-    order = zones.pageblock_order() if order is None else order
-    kernel = zones.unusable_index_debugfs()
-    for fa in zones.buddyinfo():
+    order = mmzone.pageblock_order() if order is None else order
+    kernel = mmzone.unusable_index_debugfs()
+    for fa in mmzone.buddyinfo():
         free = fa.free_pages
         blocks = fa.suitable_blocks(order)
         index = (kernel[(fa.node, fa.zone)][order]
@@ -137,7 +137,7 @@ def compaction() -> Iterator[Check]:
 def movable_zones() -> Iterator[Check]:
     """FOLL_LONGTERM pins migrate pages out of ZONE_MOVABLE and CMA before pinning them
     (mm/gup.c check_and_migrate_movable_pages), so registration there costs a copy."""
-    movable = [z for z in zones.zoneinfo() if z.name == "Movable" and z.present > 0]
+    movable = [z for z in mmzone.zoneinfo() if z.name == "Movable" and z.present > 0]
     cma = procfs.meminfo().get("CmaTotal", 0)
     data = {"movable": {f"n{z.node}": z.present * mm.PAGE_SIZE for z in movable}, "cma": cma}
     parts = [f"Movable {human_bytes(z.present * mm.PAGE_SIZE)} on n{z.node}" for z in movable]

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rdmapin.pages import kpageflags as kpf
-from rdmapin.pages.kpageflags import KPF
-from rdmapin.pages.pagemap import PAGE_SIZE
+from rdmapin.kernel import kpageflags as kpf
+from rdmapin.kernel.kpageflags import KPF
+from rdmapin.kernel.pagemap import PAGE_SIZE
 
 # Exclusive backing categories; the table below assigns one to every flag combination.
 CATEGORIES = ("4k", "thp_2m", "thp_other", "hugetlb_2m", "hugetlb_1g", "hugetlb_other",

@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from rdmapin import procfs, registry
+from rdmapin import registry
 from rdmapin.errors import RdmapinError
-from rdmapin.pages import pagemap, rdma_res
+from rdmapin.kernel import pagemap, procfs, rdma_res
+from rdmapin.kernel.pagemap import PAGE_SIZE
 from rdmapin.pages.descriptors import num_pages
-from rdmapin.pages.pagemap import PAGE_SIZE
 
 
 @dataclass(frozen=True)

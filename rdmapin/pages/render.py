@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rdmapin.pages.pagemap import PAGE_SIZE
+from rdmapin.kernel.pagemap import PAGE_SIZE
 
 if TYPE_CHECKING:
     from rdmapin.pages.report import RegionReport

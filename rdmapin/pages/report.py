@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rdmapin import procfs
 from rdmapin.errors import RdmapinError, RdmapinOSError
+from rdmapin.kernel import kpageflags as kpf
+from rdmapin.kernel import maps, memblock, pagemap, procfs
+from rdmapin.kernel.kpageflags import KPF
+from rdmapin.kernel.pagemap import PAGE_SIZE
 from rdmapin.pages import folios as folio_mod
-from rdmapin.pages import kpageflags as kpf
-from rdmapin.pages import pagemap, smaps, zones
 from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP, Descriptors, describe
-from rdmapin.pages.kpageflags import KPF
-from rdmapin.pages.pagemap import PAGE_SIZE
 from rdmapin.pages.render import human
 
 _HUGE = kpf.mask(KPF.HUGE)
@@ -91,7 +90,7 @@ class RegionReport:
         return render(self)
 
 
-def _hugetlb_pages(vmas: list[smaps.Vma], page_addrs_first: int, count: int) -> np.ndarray:
+def _hugetlb_pages(vmas: list[maps.Vma], page_addrs_first: int, count: int) -> np.ndarray:
     """Hugetlb page size (in base pages) of the VMA holding each page; 1 elsewhere."""
     out = np.ones(count, dtype=np.int64)
     for v in vmas:
@@ -100,18 +99,18 @@ def _hugetlb_pages(vmas: list[smaps.Vma], page_addrs_first: int, count: int) -> 
     return out
 
 
-def _page_slice(v: smaps.Vma, page0: int, count: int) -> slice:
+def _page_slice(v: maps.Vma, page0: int, count: int) -> slice:
     """The range's pages (``count`` of them from address ``page0``) that lie in ``v``."""
     lo = max(v.start, page0) - page0
     hi = min(v.end, page0 + count * PAGE_SIZE) - page0
     return slice(lo // PAGE_SIZE, max(hi, lo) // PAGE_SIZE)
 
 
-def _covered(v: smaps.Vma, addr: int, length: int) -> bool:
+def _covered(v: maps.Vma, addr: int, length: int) -> bool:
     return v.start >= addr and v.end <= addr + length
 
 
-def _vma_dict(v: smaps.Vma, addr: int, length: int, thp_pages: int | None) -> dict:
+def _vma_dict(v: maps.Vma, addr: int, length: int, thp_pages: int | None) -> dict:
     """The VMA's range and, when smaps was read, its own counters (else None).
 
     ``thp_pages`` is how many of the VMA's pages kpageflags puts in anonymous THPs. Where
@@ -134,7 +133,7 @@ def _vma_dict(v: smaps.Vma, addr: int, length: int, thp_pages: int | None) -> di
     return d
 
 
-def _thp_pages_per_vma(vmas: list[smaps.Vma], addr: int, length: int, page0: int,
+def _thp_pages_per_vma(vmas: list[maps.Vma], addr: int, length: int, page0: int,
                        present: np.ndarray, fol: folio_mod.Folios | None) -> list[int | None]:
     """Anonymous THP pages (kpageflags) inside each VMA whose PTE-mapped THP can be told
     (smaps read, the range covers it whole); None for the others and without page flags.
@@ -176,7 +175,7 @@ def _runs(pfns: np.ndarray, present: np.ndarray, all_present: bool) -> tuple[int
 MAX_PAGES = 1 << 24
 
 
-def _refuse_span(pid: int, addr: int, length: int, vmas: list[smaps.Vma]) -> None:
+def _refuse_span(pid: int, addr: int, length: int, vmas: list[maps.Vma]) -> None:
     mapped = sum(min(v.end, addr + length) - max(v.start, addr) for v in vmas)
     raise RdmapinError(
         f"{addr:#x}+{length} spans {human(length)} of address space "
@@ -198,7 +197,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
     pid = os.getpid() if pid is None else int(pid)
     first, count = pagemap.page_span(addr, length)
     page0 = first * PAGE_SIZE
-    vmas = smaps.covering(pid, addr, length, detail)
+    vmas = maps.covering(pid, addr, length, detail)
     if not vmas:
         raise RdmapinError(f"pid {pid} has nothing mapped at {addr:#x}+{length}",
                            hint=f"see /proc/{pid}/maps for its mappings")
@@ -237,7 +236,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
         hp = None
         if (flags & _HUGE).any():
             if not detail:
-                vmas = smaps.covering(pid, addr, length, True)
+                vmas = maps.covering(pid, addr, length, True)
             hp = _hugetlb_pages(vmas, page0, count)[present]
         excl = pagemap.exclusive(entries if all_present else entries[present])
         fol = folio_mod.group(pfns, flags, excl, hp)
@@ -258,14 +257,14 @@ def inspect(addr: int, length: int, pid: int | None = None,
     zone_counts: dict[str, int] = {}
     descriptors = None
     if n_present and not hidden:
-        node, zone = zones.lookup(pfns)
+        node, zone = memblock.lookup(pfns)
         # bincount (shifted by one for the -1 "unknown") instead of a sort: O(pages).
         for v, c in enumerate(np.bincount(node.astype(np.int64) + 1)):
             if c:
                 nodes[v - 1] = int(c)
         for v, c in enumerate(np.bincount(zone.astype(np.int64) + 1)):
             if c:
-                zone_counts[zones.ZONE_NAMES[v - 1] if v else "unknown"] = int(c)
+                zone_counts[memblock.ZONE_NAMES[v - 1] if v else "unknown"] = int(c)
         descriptors = describe(addr, length, pfns, folio_count, pgsz_bitmap)
     return RegionReport(
         pid=pid, comm=procfs.comm(pid), addr=addr, length=length, base_pages=count,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rdmapin.errors import RdmapinError
-from rdmapin.pages import pagemap
-from rdmapin.pages.pagemap import PAGE_SIZE
+from rdmapin.kernel import pagemap
+from rdmapin.kernel.pagemap import PAGE_SIZE
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rdmapin.physmap import zones as _zones
+from rdmapin.kernel import mmzone
 from rdmapin.physmap.classify import (
     NCLASS,
     PageClass,
@@ -32,7 +32,7 @@ _DIRTY = [PageClass.HOLE, PageClass.HUGETLB, PageClass.NOFLAGS, PageClass.UNMOVA
 class ZoneSummary:
     """Pages and pageblocks of one zone by class, and what compaction could make of it."""
 
-    zone: _zones.Zone
+    zone: mmzone.Zone
     pages: dict[str, int]
     pageblocks: dict[str, int]
     free_2m: int          # pageblocks entirely free now
@@ -53,7 +53,7 @@ class ZoneSummary:
 @dataclass
 class PhysMap:
     order: int
-    zones: list[_zones.Zone]
+    zones: list[mmzone.Zone]
     block_class: np.ndarray   # uint8 PageClass per pageblock
     block_zone: np.ndarray    # int16 index into ``zones`` per pageblock, -1 outside
     counts: np.ndarray        # (pageblocks, NCLASS) pages per class
@@ -79,7 +79,7 @@ class PhysMap:
                 "notes": list(self.pins.notes)}
 
 
-def zone_index(n_pfns: int, zone_list: list[_zones.Zone]) -> np.ndarray:
+def zone_index(n_pfns: int, zone_list: list[mmzone.Zone]) -> np.ndarray:
     """Index into ``zone_list`` of every PFN (-1 outside all spans; later zones win)."""
     out = np.full(n_pfns, -1, dtype=np.int16)
     for i, z in enumerate(zone_list):
@@ -87,7 +87,7 @@ def zone_index(n_pfns: int, zone_list: list[_zones.Zone]) -> np.ndarray:
     return out
 
 
-def summarise(cls: np.ndarray, zone_of: np.ndarray, zone_list: list[_zones.Zone],
+def summarise(cls: np.ndarray, zone_of: np.ndarray, zone_list: list[mmzone.Zone],
               order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[ZoneSummary]]:
     """Per-pageblock counts/class/zone and the per-zone summaries of a classified map."""
     per = 1 << order
@@ -130,13 +130,13 @@ def summarise(cls: np.ndarray, zone_of: np.ndarray, zone_list: list[_zones.Zone]
 
 
 def build(pins: PinSet | None = None, *, flags: np.ndarray | None = None,
-          zone_list: list[_zones.Zone] | None = None,
+          zone_list: list[mmzone.Zone] | None = None,
           ram: list[tuple[int, int]] | None = None, order: int | None = None,
           progress: Callable[[int, int], None] | None = None) -> PhysMap:
     """Read and classify all of physical memory (or the given ``flags`` snapshot)."""
-    zone_list = _zones.zoneinfo() if zone_list is None else zone_list
-    order = _zones.pageblock_order() if order is None else order
-    ram = _zones.system_ram() if ram is None else ram
+    zone_list = mmzone.zoneinfo() if zone_list is None else zone_list
+    order = mmzone.pageblock_order() if order is None else order
+    ram = mmzone.system_ram() if ram is None else ram
     end = max((z.end_pfn for z in zone_list), default=0)
     if flags is None:
         flags = read_all(end, progress)

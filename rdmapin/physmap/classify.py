@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rdmapin.errors import RdmapinOSError
-from rdmapin.pages.kpageflags import KPF, PATH, mask
+from rdmapin.kernel.kpageflags import KPF, PATH, mask
 
 
 class PageClass(enum.IntEnum):

@@ -16,7 +16,7 @@ import numpy as np
 
 from rdmapin import registry
 from rdmapin.errors import RdmapinError
-from rdmapin.pages import pagemap, rdma_res
+from rdmapin.kernel import pagemap, rdma_res
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def collect(pid: int | None = None) -> PinSet:
                    and (m.pid != me or own_kernel > len(registry.live()))})
     if pids:
         try:
-            from rdmapin.trace import inventory, kcore
+            from rdmapin.kernel import kcore
+            from rdmapin.trace import inventory
         except ImportError as e:  # the tracer is optional for the map
             out.notes.append(f"{len(pids)} processes with MRs not scanned: {e}")
             pids = []

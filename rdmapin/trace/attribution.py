@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from rdmapin import registry
-from rdmapin.pages import pagemap
+from rdmapin.kernel import pagemap
 
 
 def unclaimed_kernel_mr(mrs: list, pid: int, length: int,
@@ -153,7 +153,7 @@ class OwnerMap:
                 owner.lkey, owner.device = found
             return
         if kernel_mrs is None:
-            from rdmapin.pages import rdma_res
+            from rdmapin.kernel import rdma_res
             try:
                 kernel_mrs = rdma_res.mrs(owner.pid)
             except Exception:  # rdma tool missing or failing: the owner stays keyless

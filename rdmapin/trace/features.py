@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rdmapin.trace import btf as _btf
+from rdmapin.kernel import btf as _btf
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 TOP = Path(__file__).resolve().parents[2]

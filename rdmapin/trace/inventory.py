@@ -3,7 +3,7 @@
 This process's MRs come from rdmapin.registry (exact addresses). Other processes' MRs come
 from the kernel's RDMA resource tracking, which gives pid, comm, length and keys but no
 address (6.1 and 6.12); their ranges are found by reading the process's pagemap and the pin
-counts of the pages behind it (rdmapin.trace.kcore), then matched to the MRs by length; where
+counts of the pages behind it (rdmapin.kernel.kcore), then matched to the MRs by length; where
 one process holds several MRs of one length, each such range names them all as candidates.
 """
 
@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rdmapin import procfs, registry
-from rdmapin.pages import kpageflags, pagemap, rdma_res
-from rdmapin.trace import kcore
+from rdmapin import registry
+from rdmapin.kernel import kcore, kpageflags, pagemap, procfs, rdma_res
 from rdmapin.trace.attribution import Owner, OwnerMap
 
 log = logging.getLogger(__name__)

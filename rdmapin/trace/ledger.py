@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rdmapin.pages import pagemap
+from rdmapin.kernel import pagemap
 from rdmapin.trace.attribution import Owner, OwnerMap, unclaimed_kernel_mr, unclaimed_own_mr
 
 KEYS_RETRY_S = 0.25  # how often an MR's keys are asked of the kernel until it lists them,

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rdmapin import procfs, registry
-from rdmapin.pages import rdma_res
+from rdmapin import registry
+from rdmapin.kernel import procfs, rdma_res
 from rdmapin.trace import features as _features
 from rdmapin.trace import inventory as _inventory
 from rdmapin.trace import loader

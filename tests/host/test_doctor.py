@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from needs import need_host_tracing
 
 from rdmapin import doctor
 from rdmapin.cli import doctor as cli_doctor
 from rdmapin.doctor import limits, memory
-from rdmapin.physmap import zones
+from rdmapin.kernel import mmzone
 
 KEYS = {"check", "status", "value", "fix", "data"}
 
@@ -135,11 +136,11 @@ def test_fragmentation_matches_buddyinfo():
 
 
 def test_unusable_index_is_the_kernels_formula():
-    fa = zones.FreeArea(0, "Normal", (8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0))
+    fa = mmzone.FreeArea(0, "Normal", (8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0))
     # 8 + 512 free pages, 512 of them in a block able to serve order 9.
     assert fa.unusable_index(9) == pytest.approx(8 / 520)
     assert fa.unusable_index(0) == 0.0
-    assert zones.FreeArea(0, "DMA", (0,) * 11).unusable_index(9) == 1.0
+    assert mmzone.FreeArea(0, "DMA", (0,) * 11).unusable_index(9) == 1.0
 
 
 def test_movable_zones_agree_with_zoneinfo_and_meminfo():
@@ -148,7 +149,7 @@ def test_movable_zones_agree_with_zoneinfo_and_meminfo():
                .splitlines() if ln.startswith("CmaTotal:")) if "CmaTotal:" in \
         Path("/proc/meminfo").read_text() else 0
     assert c.data["cma"] == cma
-    movable = [z for z in zones.zoneinfo() if z.name == "Movable" and z.present]
+    movable = [z for z in mmzone.zoneinfo() if z.name == "Movable" and z.present]
     assert (c.status is doctor.Status.PASS) == (not movable and not cma)
 
 
@@ -161,6 +162,7 @@ def test_map_count_is_this_process():
 def test_tracing_checks_agree_with_tracefs_and_the_tracer():
     from rdmapin.trace import features
 
+    need_host_tracing()
     by_name = {c.name: c for c in doctor.run_checks(["tracing"])}
     tfs = features.tracefs()
     tp = by_name["tracepoints"]

@@ -15,7 +15,8 @@ from rdmapin import explain
 
 CHILD = r"""
 import json, resource
-from rdmapin import explain, procfs
+from rdmapin import explain
+from rdmapin.kernel import procfs
 e = explain.registration(12, call="ibv_reg_mr", addr=0x100000, length=4 << 20, access=1)
 print(json.dumps({"type": type(e).__name__, "msg": str(e),
                   "limit": resource.getrlimit(resource.RLIMIT_MEMLOCK)[0],

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rdmapin.pages.kpageflags import KPF
-from rdmapin.physmap import blocks, classify, pins, zones
+from rdmapin.kernel import mmzone
+from rdmapin.kernel.kpageflags import KPF
+from rdmapin.physmap import blocks, classify, pins
 from rdmapin.physmap.classify import PageClass
 
 needs_root = pytest.mark.skipif(not os.access("/proc/kpageflags", os.R_OK),
@@ -68,7 +69,7 @@ def _synthetic(order: int = 2) -> blocks.PhysMap:
         z, b, b, b,   # block 4: noflags page
         b, b, b, b,   # block 5: free
     ], dtype=np.uint64)
-    zl = [zones.Zone(0, "DMA32", 0, 12, 12, 12, 0), zones.Zone(0, "Normal", 12, 12, 12, 12, 0)]
+    zl = [mmzone.Zone(0, "DMA32", 0, 12, 12, 12, 0), mmzone.Zone(0, "Normal", 12, 12, 12, 12, 0)]
     pinset = pins.PinSet(pfns=np.array([9, 13], dtype=np.uint64))
     return blocks.build(pinset, flags=flags, zone_list=zl, ram=[(0, 24)], order=order)
 
@@ -112,7 +113,7 @@ def _kpageflags(end: int) -> np.ndarray:
 
 @needs_root
 def test_free_pageblocks_agree_with_kpageflags():
-    zl = zones.zoneinfo()
+    zl = mmzone.zoneinfo()
     end = max(z.end_pfn for z in zl)
     flags = _kpageflags(end)
     pm = blocks.build(flags=flags, zone_list=zl)
@@ -140,14 +141,14 @@ def test_free_pageblocks_agree_with_kpageflags():
 
 @needs_root
 def test_totals_add_up_to_zone_spans():
-    zl = zones.zoneinfo()
+    zl = mmzone.zoneinfo()
     pm = blocks.build(zone_list=zl)
     per = 1 << pm.order
     for s in pm.summaries:
         z = s.zone
         assert sum(s.pages.values()) == z.spanned
         assert set(s.pages) == CLASSES == set(s.pageblocks)
-        if zones.system_ram():
+        if mmzone.system_ram():
             # Holes inside a zone's span are exactly the pages the kernel says are absent.
             assert s.pages["hole"] == z.spanned - z.present, z.label
     # Every pageblock that touches a zone belongs to exactly one.
@@ -164,16 +165,17 @@ def test_totals_add_up_to_zone_spans():
 # in streaks, so 10 reads could all be off) with the default malloc, 1 of 893 with this one.
 _QUIET_READS = """
 import ctypes, json, sys, time
-from rdmapin.physmap import blocks, zones
+from rdmapin.physmap import blocks
+from rdmapin.kernel import mmzone
 libc = ctypes.CDLL("libc.so.6")
 assert libc.mallopt(-4, 0) == 1        # M_MMAP_MAX: every allocation from the heap
 assert libc.mallopt(-1, 1 << 40) == 1  # M_TRIM_THRESHOLD: which keeps what it has
 blocks.build()                         # the heap now holds what a build needs
 pending, agreed = {}, set()
 for _ in range(30):
-    before = {z.label: z.free for z in zones.zoneinfo()}
+    before = {z.label: z.free for z in mmzone.zoneinfo()}
     pm = blocks.build()
-    after = {z.label: z.free for z in zones.zoneinfo()}
+    after = {z.label: z.free for z in mmzone.zoneinfo()}
     got = {s.zone.label: s.pages["free"] for s in pm.summaries}
     for k in before:
         if k in agreed or before[k] != after.get(k):

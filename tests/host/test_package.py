@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import rdmapin
-from rdmapin import procfs
+from rdmapin.kernel import procfs
 
 
 def test_cffi_shim_is_built_in_api_mode():

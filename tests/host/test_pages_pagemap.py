@@ -9,9 +9,9 @@ import pytest
 from pagebufs import MADV_NOHUGEPAGE, PAGE, Buffer
 
 from rdmapin.errors import RdmapinError, RdmapinOSError
-from rdmapin.pages import kpageflags as kpf
-from rdmapin.pages import pagemap
-from rdmapin.pages.kpageflags import KPF
+from rdmapin.kernel import kpageflags as kpf
+from rdmapin.kernel import pagemap
+from rdmapin.kernel.kpageflags import KPF
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="PFNs and page flags need root")
 

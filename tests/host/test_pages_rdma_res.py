@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from rdmapin.pages import rdma_res
+from rdmapin.kernel import rdma_res
 
 GUEST_61 = ('[{"ifindex":0,"ifname":"rxe0","mrn":0,"rkey":"0","lkey":"201","mrlen":1048576,'
             '"pdn":1,"pid":301,"comm":"python"}]')

@@ -27,18 +27,17 @@ from pagebufs import (
 )
 
 import rdmapin.pages as pages
-from rdmapin import procfs
 from rdmapin.errors import RdmapinError
-from rdmapin.pages import kpageflags as kpf
-from rdmapin.pages import pagemap, smaps
-from rdmapin.pages.kpageflags import KPF
+from rdmapin.kernel import kpageflags as kpf
+from rdmapin.kernel import maps, pagemap, procfs
+from rdmapin.kernel.kpageflags import KPF
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="PFNs and page flags need root")
 TOP = Path(__file__).resolve().parents[2]
 
 
-def _vma(addr: int, length: int) -> smaps.Vma:
-    vmas = smaps.covering("self", addr, length)
+def _vma(addr: int, length: int) -> maps.Vma:
+    vmas = maps.covering("self", addr, length)
     assert len(vmas) == 1 and (vmas[0].start, vmas[0].end) == (addr, addr + length), vmas
     return vmas[0]
 
@@ -115,7 +114,7 @@ def test_thp_whose_pmd_mprotect_split_is_reported_as_mapped_by_ptes():
         split = buf.addr + chunk * PAGE
         assert libc.mprotect(split, PAGE, mmap.PROT_READ) == 0, ctypes.get_errno()
         r = pages.inspect(buf.addr, buf.length, detail=True)
-        vmas = smaps.covering("self", buf.addr, buf.length)
+        vmas = maps.covering("self", buf.addr, buf.length)
         thp = int(kpf.bit(_flags(buf.addr, buf.length), KPF.THP).sum()) * PAGE
         assert thp == int(kpf.bit(f, KPF.THP).sum()) * PAGE  # the folio stayed whole
         assert r.thp_pte_mapped == thp - sum(v.fields["AnonHugePages"] for v in vmas) == HUGE_2M

@@ -12,9 +12,8 @@ import pytest
 from pagebufs import MADV_NOHUGEPAGE, PAGE, Buffer
 
 import rdmapin.pages as pages
-from rdmapin import procfs
 from rdmapin.errors import RdmapinError
-from rdmapin.pages import pagemap, zones
+from rdmapin.kernel import memblock, pagemap, procfs
 
 TOP = Path(__file__).resolve().parents[2]
 ZONEINFO = """Node 0, zone      DMA
@@ -33,8 +32,8 @@ Node 1, zone  Movable
 
 
 def test_zone_spans_parse_skips_empty_zones():
-    assert zones.zone_spans(ZONEINFO) == [zones.ZoneSpan(0, "DMA", 1, 4095),
-                                          zones.ZoneSpan(1, "Movable", 524288, 262144)]
+    assert memblock.zone_spans(ZONEINFO) == [memblock.ZoneSpan(0, "DMA", 1, 4095),
+                                          memblock.ZoneSpan(1, "Movable", 524288, 262144)]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="PFNs need root")
@@ -42,15 +41,15 @@ def test_page_zones_fall_inside_their_zoneinfo_span():
     with Buffer(2 << 20, advice=MADV_NOHUGEPAGE) as buf:
         buf.touch()
         pfns = pagemap.pfns(pagemap.read("self", buf.addr, buf.length))
-        node, zone = zones.lookup(pfns)
+        node, zone = memblock.lookup(pfns)
         assert (zone >= 0).all() and (node >= 0).all()
-        spans = zones.zone_spans()
+        spans = memblock.zone_spans()
         for z in np.unique(zone).tolist():
             sel = pfns[zone == z].astype(np.int64)
             nodes = set(node[zone == z].tolist())
             ok = np.zeros(len(sel), dtype=bool)
             for s in spans:
-                if s.zone == zones.ZONE_NAMES[z] and s.node in nodes:
+                if s.zone == memblock.ZONE_NAMES[z] and s.node in nodes:
                     ok |= (sel >= s.start_pfn) & (sel < s.start_pfn + s.spanned)
             assert ok.all()
         r = pages.inspect(buf.addr, buf.length)
@@ -87,7 +86,7 @@ def test_io_uring_fixed_buffer_is_a_pin_no_mr_explains():
 
     from uring import FixedBuffer
 
-    from rdmapin.trace import kcore
+    from rdmapin.kernel import kcore
 
     base = procfs.vm_pin()
     with Buffer(1 << 20, advice=MADV_NOHUGEPAGE) as buf:

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from rdmapin.pages import pagemap
+from rdmapin.kernel import pagemap
 from rdmapin.trace.attribution import Owner, OwnerMap
 from rdmapin.trace.events import Event, Kind
 from rdmapin.trace.ledger import Ledger

@@ -10,7 +10,8 @@ import struct
 import pytest
 from needs import need_host_tracing
 
-from rdmapin.trace import btf, features
+from rdmapin.kernel import btf
+from rdmapin.trace import features
 
 SAMPLE_61 = """name: mm_migrate_pages
 ID: 512

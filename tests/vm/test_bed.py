@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rdmapin import mm, procfs
+from rdmapin import mm
+from rdmapin.kernel import procfs
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 

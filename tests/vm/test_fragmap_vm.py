@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import rdmapin
-from rdmapin.pages import pagemap
-from rdmapin.physmap import blocks, pins, zones
+from rdmapin.kernel import mmzone, pagemap
+from rdmapin.physmap import blocks, pins
 from rdmapin.physmap.classify import PageClass
 
 pytestmark = [pytest.mark.rdma, pytest.mark.vm]
@@ -50,7 +50,7 @@ def _pinned_blocks_of(arr: np.ndarray, order: int) -> set[int]:
 
 
 def test_pinned_pageblocks_equal_the_mrs_pfn_blocks(spread_buffer):
-    order = zones.pageblock_order()
+    order = mmzone.pageblock_order()
     with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
         mr = pd.register(spread_buffer)
         try:
@@ -79,7 +79,7 @@ def test_pinned_pageblocks_equal_the_mrs_pfn_blocks(spread_buffer):
 
 def test_another_process_sees_the_pins_through_the_kernel(spread_buffer):
     """`rdmapin fragmap -j` run as a child finds this process's MR via rdma res + kcore."""
-    order = zones.pageblock_order()
+    order = mmzone.pageblock_order()
     with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd, \
             pd.register(spread_buffer):
         expect = _pinned_blocks_of(spread_buffer, order)

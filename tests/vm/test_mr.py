@@ -18,7 +18,8 @@ import pytest
 from verbs_util import DEVICE, rdma_res
 
 import rdmapin
-from rdmapin import Access, procfs, registry
+from rdmapin import Access, registry
+from rdmapin.kernel import procfs
 
 PAGE = mmap.PAGESIZE
 RW = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
@@ -105,7 +106,7 @@ def test_vmpin_of_hugetlb_counts_4k_pages(pd, pins):
 
 FORK_HUGETLB_CHILD = r"""
 import json, sys, rdmapin
-from rdmapin import procfs
+from rdmapin.kernel import procfs
 rdmapin.fork_init()  # irreversible for the process: hence a child
 res = {"fork": rdmapin.fork_status()}
 with rdmapin.open_device(sys.argv[1]) as dev, dev.alloc_pd() as pd:
@@ -238,7 +239,7 @@ def test_iova_registration(pd):
 
 MEMLOCK_CHILD = r"""
 import json, sys, rdmapin
-from rdmapin import procfs
+from rdmapin.kernel import procfs
 res = {}
 with rdmapin.open_device(sys.argv[1]) as dev, dev.alloc_pd() as pd:
     small = rdmapin.alloc(512 << 10)

@@ -20,10 +20,10 @@ from trace_util import buffer_on_node
 
 import rdmapin
 import rdmapin.pages as pages
-from rdmapin import Access, mm, procfs
-from rdmapin.pages import kpageflags as kpf
-from rdmapin.pages import pagemap, rdma_res, smaps
-from rdmapin.pages.kpageflags import KPF
+from rdmapin import Access, mm
+from rdmapin.kernel import kpageflags as kpf
+from rdmapin.kernel import maps, pagemap, procfs, rdma_res
+from rdmapin.kernel.kpageflags import KPF
 
 pytest_plugins = ("verbs_fixtures",)
 
@@ -34,8 +34,8 @@ TOP = Path(__file__).resolve().parents[2]
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
-def _vma(addr: int, length: int) -> smaps.Vma:
-    vmas = smaps.covering("self", addr, length)
+def _vma(addr: int, length: int) -> maps.Vma:
+    vmas = maps.covering("self", addr, length)
     assert len(vmas) == 1 and (vmas[0].start, vmas[0].end) == (addr, addr + length), vmas
     return vmas[0]
 

@@ -11,7 +11,8 @@ import pytest
 from verbs_util import DEVICE, rdma_res
 
 import rdmapin
-from rdmapin import procfs, registry
+from rdmapin import registry
+from rdmapin.kernel import procfs
 
 pytest_plugins = ("verbs_fixtures",)
 

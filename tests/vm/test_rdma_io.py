@@ -8,7 +8,8 @@ import pytest
 from verbs_util import DEVICE
 
 import rdmapin
-from rdmapin import Access, procfs
+from rdmapin import Access
+from rdmapin.kernel import procfs
 
 pytest_plugins = ("verbs_fixtures",)
 

@@ -12,7 +12,8 @@ import pytest
 from trace_util import buffer_on_node, pfns_of, start_cli_tracer
 
 import rdmapin
-from rdmapin import mm, procfs
+from rdmapin import mm
+from rdmapin.kernel import procfs
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]
 NPAGES = 16

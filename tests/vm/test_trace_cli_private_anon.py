@@ -30,7 +30,8 @@ import pytest
 from trace_util import pfns_of, start_cli_tracer
 
 import rdmapin
-from rdmapin import mm, procfs
+from rdmapin import mm
+from rdmapin.kernel import procfs
 from rdmapin.trace.events import VMSTAT_KEYS
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]

@@ -12,7 +12,7 @@ from trace_util import assert_totals_match, buffer_on_node
 
 import rdmapin
 from rdmapin import registry
-from rdmapin.pages import pagemap
+from rdmapin.kernel import pagemap
 from rdmapin.trace import Kind, Tracer
 from rdmapin.trace.summary import Summary
 

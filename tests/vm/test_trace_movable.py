@@ -16,18 +16,18 @@ import pytest
 from trace_util import assert_totals_match, pfns_of, require
 
 import rdmapin
-from rdmapin.pages import zones
+from rdmapin.kernel import memblock
 from rdmapin.trace import Kind, Tracer
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm, pytest.mark.movable]
 NPAGES = 4096  # 16 MiB
-MOVABLE = zones.ZONE_NAMES.index("Movable")
+MOVABLE = memblock.ZONE_NAMES.index("Movable")
 
 
 def _movable_missing() -> str | None:
     if "movablecore=" not in Path("/proc/cmdline").read_text():
         return "no movablecore= on the kernel command line"
-    if not any(z.zone == "Movable" for z in zones.zone_spans()):
+    if not any(z.zone == "Movable" for z in memblock.zone_spans()):
         return "no populated ZONE_MOVABLE"
     return None
 
@@ -43,7 +43,7 @@ def test_registering_movable_pages_migrates_them_first_attributed_to_the_registr
     buf = mmap.mmap(-1, NPAGES * 4096)
     arr = np.frombuffer(buf, dtype=np.uint8)
     arr[::4096] = 1
-    _, zone = zones.lookup(pfns_of(arr))
+    _, zone = memblock.lookup(pfns_of(arr))
     in_movable = int((zone == MOVABLE).sum())
     assert in_movable > 0, "no page of the buffer landed in ZONE_MOVABLE"
     with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd, Tracer() as t:
@@ -52,7 +52,7 @@ def test_registering_movable_pages_migrates_them_first_attributed_to_the_registr
         try:
             v1, t1 = t.vmstat_and_totals()
             events = t.events()
-            _, zone_after = zones.lookup(pfns_of(arr))
+            _, zone_after = memblock.lookup(pfns_of(arr))
         finally:
             mr.close()
     deltas = assert_totals_match(v0, v1, t0, t1)

@@ -21,7 +21,7 @@ import pytest
 from trace_util import PAGE, assert_totals_match, buffer_on_node, pfns_of, require
 
 import rdmapin
-from rdmapin.pages import zones
+from rdmapin.kernel import memblock
 from rdmapin.trace import Kind, Tracer
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm, pytest.mark.dimm]
@@ -75,7 +75,7 @@ def test_offlining_a_pinned_block_fails_naming_the_mr_and_succeeds_after_close()
     kernel memory): then the MR moves to a fresh buffer, up to a few times, until the
     refusal is the pinned pages' (migrations attempted and failed)."""
     filler_buf, filler = buffer_on_node(FILLER_PAGES, 1)
-    block_pages = zones.block_pages()
+    block_pages = memblock.block_pages()
     kept = []
     tried = []
     with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:

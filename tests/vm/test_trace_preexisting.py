@@ -12,7 +12,7 @@ import pytest
 from trace_util import PAGE, assert_totals_match
 
 from rdmapin import mm
-from rdmapin.pages import pagemap
+from rdmapin.kernel import pagemap
 from rdmapin.trace import Kind, Tracer
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm]

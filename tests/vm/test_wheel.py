@@ -26,7 +26,7 @@ WORKLOAD = textwrap.dedent("""
     import numpy as np
     import rdmapin
     from rdmapin import mm
-    from rdmapin.pages import pagemap
+    from rdmapin.kernel import pagemap
     n = int(sys.argv[1])
     buf = mmap.mmap(-1, n * mm.PAGE_SIZE)
     arr = np.frombuffer(buf, dtype=np.uint8)

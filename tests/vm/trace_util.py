@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rdmapin import mm
-from rdmapin.pages import pagemap
+from rdmapin.kernel import pagemap
 from rdmapin.trace.events import VMSTAT_KEYS
 
 PAGE = mm.PAGE_SIZE

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rdmapin.pages.pagemap import PAGE_SHIFT
+from rdmapin.kernel.pagemap import PAGE_SHIFT
 
 MEMORY_DIR = Path("/sys/devices/system/memory")
 ZONE_NAMES = ("DMA", "DMA32", "Normal", "Movable", "Device")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rdmapin.trace import btf as _btf
+from rdmapin.kernel import btf as _btf
 from rdmapin.trace.features import _kallsyms
 
 KCORE = "/proc/kcore"
