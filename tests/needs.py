@@ -70,13 +70,14 @@ def host_tracing_missing() -> str | None:
     """Why the tracer's tracepoint path cannot run on this host, or None.
 
     Not cached: tests unmount tracefs in namespaces of their own."""
+    from rdmapin.kernel import tracefs
     from rdmapin.trace import features
 
     if os.geteuid() != 0:
         return "tracing needs root"
     feat = features.probe()
     if feat.tracefs is None:
-        return f"tracefs not mounted ({features.MOUNT_TRACEFS})"
+        return f"tracefs not mounted ({tracefs.MOUNT_TRACEFS})"
     if feat.headers == "none":
         return "no kernel headers (or stand-in) for bcc"
     return None

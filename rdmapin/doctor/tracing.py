@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rdmapin.doctor import Check, Status, kconfig
+from rdmapin.kernel import tracefs
 from rdmapin.trace import features as _features
 
 
@@ -57,7 +58,7 @@ def readiness() -> Iterator[Check]:
 def _no_tracefs() -> Iterator[Check]:
     """tracefs unreadable: its FAIL, and the checks that need it, each saying why it could
     not be made (doctor emits the same set of names on every host)."""
-    mounted = [p for p in _features.TRACEFS_CANDIDATES if os.path.ismount(p)]
+    mounted = [p for p in tracefs.TRACEFS_CANDIDATES if os.path.ismount(p)]
     if mounted:
         why = f"{mounted[0]} is not readable by this user"
         fix = ("trace as root, or with CAP_BPF+CAP_PERFMON after "
@@ -65,7 +66,7 @@ def _no_tracefs() -> Iterator[Check]:
         yield Check("tracefs", Status.FAIL, why, data={"mounted": str(mounted[0])}, fix=fix)
     else:
         why = "tracefs not mounted"
-        fix = _features.MOUNT_TRACEFS
+        fix = tracefs.MOUNT_TRACEFS
         yield Check("tracefs", Status.FAIL, why, data={"mounted": None}, fix=fix)
     unknown = f"not checked: {why}"
     yield Check("kprobes", Status.WARN, unknown, data={"kprobes": None}, fix=fix)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rdmapin.kernel import btf as _btf
-from rdmapin.trace.features import _kallsyms
+from rdmapin.kernel import kallsyms
 
 KCORE = "/proc/kcore"
 GUP_PIN_COUNTING_BIAS = 1024  # include/linux/mm.h
@@ -70,7 +70,7 @@ def unavailable() -> str | None:
     b = _btf.vmlinux()
     if b is None or b.offsetof("page", "_refcount") is None:
         return "no BTF layout of struct page"
-    if "vmemmap_base" not in _kallsyms(("vmemmap_base",)):
+    if "vmemmap_base" not in kallsyms.lookup(("vmemmap_base",)):
         return "vmemmap_base not in /proc/kallsyms"
     return None
 
@@ -90,7 +90,7 @@ def pinned(pfns: np.ndarray, compound: np.ndarray | None = None) -> np.ndarray:
     pin_off = b.offsetof("folio", "_pincount")
     k = Kcore()
     try:
-        base_ptr = _kallsyms(("vmemmap_base",))["vmemmap_base"]
+        base_ptr = kallsyms.lookup(("vmemmap_base",))["vmemmap_base"]
         vmemmap, = struct.unpack("<Q", k.read(base_ptr, 8))
         pfns = np.asarray(pfns, dtype=np.uint64)
         out = np.zeros(len(pfns), dtype=bool)

@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdmapin.kernel import btf as _btf
+from rdmapin.kernel import kallsyms
+from rdmapin.kernel.tracefs import (
+    MOUNT_TRACEFS,
+    TracepointFormat,
+    available_functions,
+    read_format,
+    tracefs,
+)
 
-TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 TOP = Path(__file__).resolve().parents[2]
 
 # (probe name, tracepoint "category:event", -D define when present, required field names)
@@ -68,48 +75,6 @@ FOLIO_PROBES = {"folio_fail": "HAVE_FEXIT_MOVE_TO_NEW_FOLIO",
                 "folio_unmap": "HAVE_FEXIT_TRY_TO_MIGRATE_ONE"}
 
 
-@dataclass(frozen=True)
-class TracepointFormat:
-    """One tracepoint's fields and the names its print fmt gives to each field's values."""
-
-    fields: dict[str, str]
-    symbols: dict[str, dict[int, str]]
-
-
-_FIELD = re.compile(r"field:(?P<type>[^;]*?)\s*(?P<name>\w+)(?:\[\w*\])?;\s*offset:")
-_SYMBOLIC = re.compile(r"__print_symbolic\(REC->(?P<field>\w+),\s*(?P<body>(?:\{[^}]*\},?\s*)+)\)")
-_PAIR = re.compile(r"\{\s*(-?\w+)\s*,\s*\"([^\"]*)\"\s*\}")
-
-
-def parse_format(text: str) -> TracepointFormat:
-    """Fields and ``__print_symbolic`` tables of a tracefs ``format`` file."""
-    fields = {m["name"]: m["type"].strip() for m in _FIELD.finditer(text)}
-    symbols: dict[str, dict[int, str]] = {}
-    fmt = text.partition("print fmt:")[2]
-    for m in _SYMBOLIC.finditer(fmt):
-        table = {}
-        for num, name in _PAIR.findall(m["body"]):
-            try:
-                table[int(num, 0)] = name
-            except ValueError:
-                continue
-        symbols.setdefault(m["field"], table)
-    return TracepointFormat(fields, symbols)
-
-
-MOUNT_TRACEFS = "mount -t tracefs tracefs /sys/kernel/tracing"
-
-
-def tracefs() -> Path | None:
-    for p in TRACEFS_CANDIDATES:
-        try:
-            if (p / "events").is_dir():
-                return p
-        except PermissionError:  # not root: the caller says so
-            return None
-    return None
-
-
 @dataclass
 class Features:
     """The probes this kernel allows, why the others are missing, and the build parameters."""
@@ -152,55 +117,6 @@ class Features:
             by_why.setdefault(why, []).append(probe)
         parts = [f"{', '.join(sorted(p))} ({why})" for why, p in sorted(by_why.items())]
         return "unavailable: " + "; ".join(parts)
-
-
-def _read_format(root: Path, tp: str) -> TracepointFormat | None:
-    cat, _, name = tp.partition(":")
-    try:
-        return parse_format((root / "events" / cat / name / "format").read_text())
-    except OSError:
-        return None
-
-
-def _functions(root: Path, wanted: set[str]) -> set[str]:
-    """Which of ``wanted`` are in available_filter_functions (kprobe-able, not inlined)."""
-    want = {w.encode() for w in wanted}
-    found: set[str] = set()
-    try:
-        with open(root / "available_filter_functions", "rb") as f:
-            for line in f:
-                name = line.split(None, 1)[0] if line.strip() else b""
-                if name in want:
-                    found.add(name.decode())
-    except OSError:
-        pass
-    return found
-
-
-KALLSYMS = ("vmemmap_base", "bpf_ringbuf_output")
-
-
-@functools.cache
-def _all_kallsyms() -> dict[str, int]:
-    """Addresses of the few symbols rdmapin needs, in one pass over /proc/kallsyms."""
-    wanted = {n.encode() for n in KALLSYMS}
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/kallsyms", "rb") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] in wanted and parts[2].decode() not in out:
-                    addr = int(parts[0], 16)
-                    if addr:
-                        out[parts[2].decode()] = addr
-    except OSError:
-        pass
-    return out
-
-
-def _kallsyms(names: tuple[str, ...]) -> dict[str, int]:
-    syms = _all_kallsyms()
-    return {n: syms[n] for n in names if n in syms}
 
 
 def _headers(feat: Features) -> None:
@@ -295,7 +211,7 @@ def _folio_layout(feat: Features) -> str | None:
     pin = b.offsetof("folio", "_pincount")
     if pin is not None:
         feat.defines["RP_FOLIO_PINCOUNT_OFF"] = str(pin)
-    syms = _kallsyms(("vmemmap_base",))
+    syms = kallsyms.lookup(("vmemmap_base",))
     if "vmemmap_base" in syms:
         feat.defines["RP_VMEMMAP_BASE_PTR"] = hex(syms["vmemmap_base"])
     else:
@@ -315,7 +231,7 @@ def probe() -> Features:
             feat.missing["all"] = f"tracefs not mounted ({MOUNT_TRACEFS})"
         return feat
     for name, tp, define, needed in TRACEPOINTS:
-        fmt = _read_format(root, tp)
+        fmt = read_format(root, tp)
         if fmt is None:
             feat.missing[name] = f"no tracepoint {tp}"
             continue
@@ -328,7 +244,7 @@ def probe() -> Features:
         if define:
             feat.defines[define] = None
     for ev in COMPACTION_CORE:
-        fmt = _read_format(root, f"compaction:{ev}")
+        fmt = read_format(root, f"compaction:{ev}")
         if fmt is None:
             feat.available.pop("compaction", None)
             feat.missing["compaction"] = f"no tracepoint compaction:{ev}"
@@ -344,7 +260,7 @@ def probe() -> Features:
         kprobes_why = "kernel without kprobes"
     elif feat.headers != "running" and feat.headers != "kheaders":
         kprobes_why = "no headers for the running kernel"
-    funcs = _functions(root, {k[1] for k in KPROBES}) if kprobes_why is None else set()
+    funcs = available_functions(root, {k[1] for k in KPROBES}) if kprobes_why is None else set()
     for name, func, define, _ in KPROBES:
         if kprobes_why:
             feat.missing[name] = kprobes_why
@@ -378,7 +294,7 @@ def probe() -> Features:
         else:
             feat.defines["RP_FOLL_LONGTERM"] = hex(foll)
     # BPF ring buffers arrived in 5.8; probe for the helper rather than the version.
-    feat.ringbuf = bool(_kallsyms(("bpf_ringbuf_output",)))
+    feat.ringbuf = bool(kallsyms.lookup(("bpf_ringbuf_output",)))
     if feat.headers == "none":
         for name in list(feat.available):
             feat.missing[name] = "no kernel headers for bcc"

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from rdmapin import sources
 from rdmapin.errors import RdmapinError, UnsupportedError
-from rdmapin.trace.features import FOLIO_PROBES, KPROBES, MOUNT_TRACEFS, PIN_PROBES, Features
+from rdmapin.kernel.tracefs import MOUNT_TRACEFS
+from rdmapin.trace.features import FOLIO_PROBES, KPROBES, PIN_PROBES, Features
 
 log = logging.getLogger(__name__)
 

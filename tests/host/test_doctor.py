@@ -160,11 +160,12 @@ def test_map_count_is_this_process():
 
 
 def test_tracing_checks_agree_with_tracefs_and_the_tracer():
+    from rdmapin.kernel import tracefs
     from rdmapin.trace import features
 
     need_host_tracing()
     by_name = {c.name: c for c in doctor.run_checks(["tracing"])}
-    tfs = features.tracefs()
+    tfs = tracefs.tracefs()
     tp = by_name["tracepoints"]
     assert tp.data["wanted"] == sorted(t for _, t, _, _ in features.TRACEPOINTS)
     for name, cat_ev, _, _ in features.TRACEPOINTS:

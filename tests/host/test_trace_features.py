@@ -10,7 +10,7 @@ import struct
 import pytest
 from needs import need_host_tracing
 
-from rdmapin.kernel import btf
+from rdmapin.kernel import btf, tracefs
 from rdmapin.trace import features
 
 SAMPLE_61 = """name: mm_migrate_pages
@@ -29,7 +29,7 @@ print fmt: "nr_succeeded=%lu mode=%s reason=%s", REC->succeeded, __print_symboli
 
 
 def test_parse_format_fields_and_symbolic_tables():
-    fmt = features.parse_format(SAMPLE_61)
+    fmt = tracefs.parse_format(SAMPLE_61)
     assert fmt.fields["succeeded"] == "unsigned long"
     assert fmt.fields["mode"] == "enum migrate_mode"
     assert "large_folio_split" not in fmt.fields

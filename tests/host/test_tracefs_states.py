@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from rdmapin.trace import features
+from rdmapin.kernel import tracefs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                                 reason="mount namespaces need root and unshare")
@@ -40,7 +40,7 @@ def test_doctor_emits_the_same_checks_whether_tracefs_is_mounted_or_not():
     assert list(unmounted) == list(mounted)
     assert {"tracefs", "kprobes", "tracepoints", "kprobe fns", "bcc", "headers"} <= set(mounted)
     assert unmounted["tracefs"]["status"] == "FAIL"
-    assert unmounted["tracefs"]["fix"] == features.MOUNT_TRACEFS
+    assert unmounted["tracefs"]["fix"] == tracefs.MOUNT_TRACEFS
     for name in ("kprobes", "tracepoints", "kprobe fns"):
         assert unmounted[name]["status"] == "WARN"
         assert unmounted[name]["value"] == "not checked: tracefs not mounted"
@@ -57,5 +57,5 @@ def test_trace_without_tracefs_exits_1_with_the_mount_command_and_mounts_nothing
                   f"{sys.executable} -m rdmapin trace -d 1; echo rc=$?{check}")
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("rdmapin: error: tracefs is not mounted")
-    assert f"(hint: {features.MOUNT_TRACEFS})" in proc.stderr
+    assert f"(hint: {tracefs.MOUNT_TRACEFS})" in proc.stderr
     assert proc.stdout.splitlines()[-2:] == ["rc=1", "UNMOUNTED"]
