@@ -15,7 +15,7 @@ from rdmapin.errors import DeviceError, NoDeviceError, RdmapinOSError, Unsupport
 
 # The C shim's interface version (csrc/shim.c's rdmapin_verbs_api_version): bump both together
 # whenever a declaration in csrc/shim.h changes, so a stale build is caught at import.
-API_VERSION = 1
+API_VERSION = 2
 _REBUILD = ("rebuild it: pip install --force-reinstall rdmapin (in a checkout: "
             "pip install -e . or make venv; needs gcc and libibverbs-dev)")
 
@@ -156,6 +156,11 @@ def dealloc_pd(p) -> None:
 def close_mrs(p) -> int:
     """Deregister every MR still on PD ``p``; 0 or the first -errno."""
     return lib.rdmapin_pd_close_mrs(p)
+
+
+def reopen_pd(p) -> None:
+    """Let PD ``p`` take new MRs again after close_mrs, when its close failed."""
+    lib.rdmapin_pd_reopen(p)
 
 
 def live_mrs(p) -> list:

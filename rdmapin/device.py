@@ -1,19 +1,20 @@
 """RDMA devices: listing, opening, and what a device can do (caps, ports, GIDs).
 
 A Device owns (weakly) the PDs allocated from it; closing it closes them (and so their
-MRs) before ibv_close_device.
+MRs) before ibv_close_device, and forgets its context only once that succeeded
+(rdmapin.resource).
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from rdmapin import _lib, explain
-from rdmapin.errors import ClosedError, DeviceError, NoDeviceError
+from rdmapin.errors import DeviceError, NoDeviceError
 from rdmapin.pd import ProtectionDomain
+from rdmapin.resource import Resource
 
 # enum ibv_mtu -> bytes
 MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
@@ -104,55 +105,48 @@ def devices() -> list[DeviceInfo]:
 def open_device(name: str | None = None) -> Device:
     """Open ``name`` (None: the only, or first, device); NoDeviceError says how to get one."""
     try:
-        return Device(_lib.open_device(name), name)
+        return Device(_lib.open_device(name))
     except NoDeviceError as e:
         names = [d.name for d in _lib.list_devices()]
         raise explain.no_device(name, names, e.errno) from None
 
 
-class Device:
-    """An open device context (ibv_context)."""
+class Device(Resource):
+    """An open device context (ibv_context): the parent of the PDs allocated from it."""
 
-    def __init__(self, ctx: Any, requested: str | None = None) -> None:
+    def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
+        super().__init__()
         self.name = _lib.context_device_name(ctx)
-        self._pds: dict[int, weakref.ref[ProtectionDomain]] = {}
 
     def _handle(self) -> Any:
-        if self._ctx is None:
-            raise ClosedError(f"device {self.name} is closed")
-        return self._ctx
-
-    def close(self) -> None:
-        """Close live PDs (and their MRs), then the device; a second close does nothing."""
-        ctx, self._ctx = self._ctx, None
+        ctx = self._ctx
         if ctx is None:
-            return
-        for ref in list(self._pds.values()):
-            pd = ref()
-            if pd is not None:
-                pd.close()
-        self._pds.clear()
-        _lib.close_device(ctx)
+            raise self._closed_error()
+        return ctx
 
-    def __enter__(self) -> Device:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_ctx", None) is not None:
-            try:
-                self.close()
-            except Exception as e:  # a finalizer never raises
-                import logging
-
-                logging.getLogger(__name__).warning("closing device in finalizer: %s", e)
-
+    # -- lifetime (Resource: close() closes the PDs, then ibv_close_device) ------------
     @property
     def closed(self) -> bool:
         return self._ctx is None
+
+    def _release(self) -> None:
+        _lib.close_device(self._ctx)
+
+    def _clear(self) -> None:
+        self._ctx = None
+
+    def _describe(self) -> str:
+        return f"device {self.name}"
+
+    def __del__(self) -> None:
+        self._close_in_finalizer()
+
+    @property
+    def pds(self) -> list[ProtectionDomain]:
+        """The PDs allocated from this device and still open (closing the device closes
+        them first)."""
+        return [pd for pd in self._live_children() if isinstance(pd, ProtectionDomain)]
 
     @cached_property
     def caps(self) -> DeviceCaps:
@@ -191,9 +185,9 @@ class Device:
         return _lib.query_gid(self._handle(), port, index)
 
     def alloc_pd(self) -> ProtectionDomain:
-        pd = ProtectionDomain(self, _lib.alloc_pd(self._handle()), device_name=self.name)
-        self._pds[id(pd)] = weakref.ref(pd)
-        return pd
+        with self._lock:  # not while close() runs: it would miss this PD
+            return ProtectionDomain(self, _lib.alloc_pd(self._handle()),
+                                    device_name=self.name)
 
     def __repr__(self) -> str:
         return f"<Device {self.name}{' closed' if self._ctx is None else ''}>"

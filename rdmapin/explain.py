@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno as _errno
 import os
 import resource
-from dataclasses import dataclass
 from pathlib import Path
 
 from rdmapin.access import NEEDS_LOCAL_WRITE, WRITABLE, Access, describe
@@ -21,21 +20,13 @@ from rdmapin.errors import (
     RegistrationError,
     UnsupportedError,
 )
-from rdmapin.kernel import procfs
+from rdmapin.kernel import maps, procfs
+from rdmapin.kernel.arch import PAGE_SIZE as PAGE
+from rdmapin.kernel.units import human
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 CAP_IPC_LOCK = 14
 NODES = Path("/sys/devices/system/node")
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
-
-
-def _fmt(n: int) -> str:
-    """Bytes for people: 4096 -> '4 KiB', 67108864 -> '64 MiB'."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << (shift - 4)) == 0:
-            v = n / (1 << shift)
-            return f"{v:g} {unit}"
-    return f"{n} B"
 
 
 def pages_spanned(addr: int, length: int) -> int:
@@ -52,29 +43,15 @@ def has_cap_ipc_lock() -> bool:
     return bool(int(eff, 16) >> CAP_IPC_LOCK & 1)
 
 
-@dataclass(frozen=True)
-class Vma:
-    start: int
-    end: int
-    perms: str
-    path: str
-
-
-def vmas(start: int, end: int) -> list[Vma]:
+def vmas(start: int, end: int) -> list[maps.Vma]:
     """The mappings of this process that overlap [start, end)."""
-    out = []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        parts = line.split(maxsplit=5)
-        lo, hi = (int(x, 16) for x in parts[0].split("-"))
-        if hi > start and lo < end:
-            out.append(Vma(lo, hi, parts[1], parts[5] if len(parts) > 5 else ""))
-    return out
+    return maps.covering("self", start, end - start, detail=False)
 
 
-def _holes(start: int, end: int, maps: list[Vma]) -> int:
+def _holes(start: int, end: int, vmas: list[maps.Vma]) -> int:
     """Bytes of [start, end) that no mapping covers."""
     covered, pos = 0, start
-    for v in maps:
+    for v in vmas:
         lo, hi = max(v.start, pos), min(v.end, end)
         if hi > lo:
             covered += hi - lo
@@ -84,15 +61,8 @@ def _holes(start: int, end: int, maps: list[Vma]) -> int:
 
 def kernel_page_size(addr: int) -> int | None:
     """KernelPageSize of the mapping holding addr (2 MiB for hugetlb 2M), from smaps."""
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split(maxsplit=1)[0]
-        if "-" in head and not head.endswith(":"):
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo <= addr < hi
-        elif inside and head == "KernelPageSize:":
-            return int(line.split()[1]) * 1024
-    return None
+    found = maps.covering("self", addr, 1, detail=True)
+    return found[0].kernel_page_size if found else None
 
 
 def hugepages_free(size: int) -> dict[int, int]:
@@ -118,7 +88,7 @@ def hugepages_error(err: int, size: int, length: int, node: int | None,
               "nr_hugepages" if node is not None else "/proc/sys/vm/nr_hugepages"
               if size == 2 << 20 else f"{HUGEPAGES}/hugepages-{size // 1024}kB/nr_hugepages")
     return HugepagesError(
-        err, f"{what}: needs {need} free {_fmt(size)} hugetlb pages on {where}; "
+        err, f"{what}: needs {need} free {human(size)} hugetlb pages on {where}; "
              f"free per node: {per_node} (total {free.get(-1, 0)})",
         hint=f"reserve them: echo {need} > {target} (or boot with hugepages=N; "
              f"ci/vm/run --hugepages N)")
@@ -139,7 +109,7 @@ def registration(err: int, *, call: str, addr: int, length: int, access: int,
                  max_mr_size: int | None = None,
                  device: str = "") -> RegistrationError | UnsupportedError:
     """The explained exception for ibv_reg_mr* failing with ``err`` on [addr, addr+length)."""
-    what = (f"{call}({_fmt(length)} at {addr:#x}, access={describe(access)}"
+    what = (f"{call}({human(length)} at {addr:#x}, access={describe(access)}"
             f"{', ' + device if device else ''})")
     if err in (_errno.EOPNOTSUPP, _errno.ENOTSUP, _errno.EPROTONOSUPPORT):
         return UnsupportedError(f"{what}: the device does not support this registration "
@@ -168,19 +138,19 @@ def _enomem(err: int, what: str, addr: int, length: int,
     cap = has_cap_ipc_lock()
     if not cap and soft != resource.RLIM_INFINITY and vm_pin + request > soft:
         return MemlockError(
-            err, f"{what}: pinning {_fmt(request)} ({npages} pages) would exceed "
-                 f"RLIMIT_MEMLOCK {_fmt(soft)}; already pinned VmPin {_fmt(vm_pin)}, "
-                 f"locked VmLck {_fmt(vm_lck)}; no CAP_IPC_LOCK",
+            err, f"{what}: pinning {human(request)} ({npages} pages) would exceed "
+                 f"RLIMIT_MEMLOCK {human(soft)}; already pinned VmPin {human(vm_pin)}, "
+                 f"locked VmLck {human(vm_lck)}; no CAP_IPC_LOCK",
             hint=f"raise the limit: ulimit -l {(vm_pin + request) // 1024 + 1} (KiB) or "
                  "'unlimited'; or '* - memlock unlimited' in /etc/security/limits.conf "
                  "(LimitMEMLOCK= for systemd units); or grant CAP_IPC_LOCK")
     if max_mr_size and length > max_mr_size:
-        return RegistrationError(err, f"{what}: {_fmt(length)} exceeds the device's "
-                                      f"max_mr_size {_fmt(max_mr_size)}",
+        return RegistrationError(err, f"{what}: {human(length)} exceeds the device's "
+                                      f"max_mr_size {human(max_mr_size)}",
                                  hint="split the buffer into several MRs")
     try:
-        max_maps = int(Path("/proc/sys/vm/max_map_count").read_text())
-        nmaps = len(Path("/proc/self/maps").read_text().splitlines())
+        max_maps = int(procfs.sysctl("vm/max_map_count"))
+        nmaps = maps.count("self")
     except OSError:
         max_maps = nmaps = 0
     if max_maps and nmaps >= max_maps - 2:
@@ -190,8 +160,8 @@ def _enomem(err: int, what: str, addr: int, length: int,
                                       "buffers")
     return RegistrationError(
         err, f"{what}: out of memory but not memlock (limit "
-             f"{'unlimited' if soft == resource.RLIM_INFINITY else _fmt(soft)}, VmPin "
-             f"{_fmt(vm_pin)}, CAP_IPC_LOCK {'yes' if cap else 'no'}); the long-term pin "
+             f"{'unlimited' if soft == resource.RLIM_INFINITY else human(soft)}, VmPin "
+             f"{human(vm_pin)}, CAP_IPC_LOCK {'yes' if cap else 'no'}); the long-term pin "
              "may have failed to migrate pages out of ZONE_MOVABLE/CMA, or the kernel is "
              "out of memory",
         hint="check /proc/vmstat pgmigrate_fail and free memory; trace it with "
@@ -199,14 +169,14 @@ def _enomem(err: int, what: str, addr: int, length: int,
 
 
 def _efault(err: int, what: str, addr: int, length: int, access: int) -> RegistrationError:
-    maps = vmas(addr, addr + length)
-    hole = _holes(addr, addr + length, maps)
+    found = vmas(addr, addr + length)
+    hole = _holes(addr, addr + length, found)
     if hole:
-        return RegistrationError(err, f"{what}: {_fmt(hole)} of the range is not mapped",
+        return RegistrationError(err, f"{what}: {human(hole)} of the range is not mapped",
                                  hint="register memory the process owns, for as long as it "
                                       "stays mapped")
-    if access & WRITABLE and any("w" not in v.perms for v in maps):
-        ro = next(v for v in maps if "w" not in v.perms)
+    if access & WRITABLE and any("w" not in v.perms for v in found):
+        ro = next(v for v in found if "w" not in v.perms)
         return RegistrationError(err, f"{what}: the mapping {ro.start:#x}-{ro.end:#x} "
                                       f"({ro.perms} {ro.path}) is read-only but the access "
                                       f"{describe(access & WRITABLE)} needs write",
@@ -226,7 +196,7 @@ def _einval(err: int, what: str, addr: int, length: int, access: int,
         return RegistrationError(err, f"{what}: zero-length region",
                                  hint="register at least one byte")
     if max_mr_size and length > max_mr_size:
-        return RegistrationError(err, f"{what}: exceeds max_mr_size {_fmt(max_mr_size)}",
+        return RegistrationError(err, f"{what}: exceeds max_mr_size {human(max_mr_size)}",
                                  hint="split the buffer into several MRs")
     ps = kernel_page_size(addr)
     if ps and ps > PAGE and _fork_enabled():
@@ -234,11 +204,11 @@ def _einval(err: int, what: str, addr: int, length: int, access: int,
         # registering; on hugetlb that needs huge-page-aligned ranges and, per
         # ibv_fork_init(3), RDMAV_HUGEPAGES_SAFE=1 so it rounds to the real page size.
         aligned = "" if not (addr % ps or length % ps) else ", range not aligned to it"
-        return RegistrationError(err, f"{what}: hugetlb mapping of {_fmt(ps)} pages"
+        return RegistrationError(err, f"{what}: hugetlb mapping of {human(ps)} pages"
                                       f"{aligned}, and ibv_fork_init is on (libibverbs "
                                       "madvise(MADV_DONTFORK)s every registered range)",
                                  hint=f"set RDMAV_HUGEPAGES_SAFE=1 before ibv_fork_init and "
-                                      f"align to {_fmt(ps)}, or skip ibv_fork_init (not "
+                                      f"align to {human(ps)}, or skip ibv_fork_init (not "
                                       "needed on kernels with copy-on-fork for pins)")
     return RegistrationError(err, f"{what}: invalid argument",
                              hint="check the access flags against dev.caps")

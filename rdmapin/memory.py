@@ -18,13 +18,13 @@ from __future__ import annotations
 import errno as _errno
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rdmapin import _lib, explain, mm
 from rdmapin.errors import AllocationError, RdmapinOSError
+from rdmapin.kernel import maps
 
 PAGE = mm.PAGE_SIZE
 MAP_HUGETLB = 0x40000
@@ -89,15 +89,7 @@ class Buffer(np.ndarray):
 
 def thp_bytes(addr: int, length: int) -> int:
     """AnonHugePages of the smaps entries inside [addr, addr+length), capped at length."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split(maxsplit=1)[0]
-        if "-" in head and not head.endswith(":"):
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo < addr + length and hi > addr
-        elif inside and head == "AnonHugePages:":
-            total += int(line.split()[1]) * 1024
-    return min(total, length)
+    return min(maps.total(maps.covering("self", addr, length), "AnonHugePages"), length)
 
 
 def _populate(ptr: Any, addr: int, length: int, page: int) -> int:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 
 import numpy as np
 
 from rdmapin.errors import RdmapinOSError
+from rdmapin.kernel.arch import PAGE_SIZE
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -23,7 +23,6 @@ MPOL_BIND = 2
 MPOL_MF_STRICT = 1 << 0
 MPOL_MF_MOVE = 1 << 1
 MPOL_MF_MOVE_ALL = 1 << 2
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def move_pages(addrs: np.ndarray, node: int, pid: int = 0) -> np.ndarray:

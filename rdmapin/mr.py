@@ -5,15 +5,20 @@ memory under the NIC (a bytearray resize raises BufferError); close() deregister
 releases the export. The register/close path is one C call and a few slot stores each: it
 is what the benchmark compares with the C floor. The shim's ``struct rdmapin_mr`` is owned
 through ffi.gc, so an MR dropped unclosed is deregistered by C when it is collected.
+
+An MR is a leaf rdmapin.resource.Resource: its PD (the parent) lists it in the shim, not in a
+Python set, and its close is the Resource order done by one shim call (the ibv_mr is cleared
+only once ibv_dereg_mr succeeded; a failed deregistration raises and leaves it registered).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rdmapin import _lib, registry
+from rdmapin import _lib
 from rdmapin.access import Access
-from rdmapin.errors import ClosedError, RegistrationError, UnsupportedError
+from rdmapin.errors import RegistrationError, UnsupportedError
+from rdmapin.resource import Resource
 
 if TYPE_CHECKING:
     from rdmapin.pd import ProtectionDomain
@@ -31,7 +36,7 @@ _gc = _lib.gc
 _mr_free = _lib.mr_free
 
 
-class MemoryRegion:
+class MemoryRegion(Resource):
     """A registered (pinned) range: ``lkey``/``rkey`` for work requests, ``addr``/``length``.
 
     Made by ``ProtectionDomain.register``; close it (or use ``with``) to unpin. Reading a
@@ -53,7 +58,8 @@ class MemoryRegion:
     def close(self) -> None:
         """Deregister (unpin) and release the buffer export; a second close does nothing.
 
-        The shim decides who deregisters: of two threads closing at once (or a close racing
+        Resource.close in one shim call (the hot path: no lock, no Python children): the
+        shim decides who deregisters, so of two threads closing at once (or a close racing
         its PD's close) one does, the others get 1 (already closed)."""
         rc = _dereg(self._m)
         if rc < 0:
@@ -67,21 +73,18 @@ class MemoryRegion:
     def lkey(self) -> int:
         return self._m.lkey
 
-    def __enter__(self) -> MemoryRegion:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _live(self) -> Any:
         m = self._m
         if not m.mr:
-            raise ClosedError(f"MR lkey {m.lkey:#x} is closed")
+            raise self._closed_error()
         return m
 
     @property
     def closed(self) -> bool:
         return not self._m.mr
+
+    def _describe(self) -> str:
+        return f"MR lkey {self._m.lkey:#x}"
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -113,14 +116,6 @@ class MemoryRegion:
     @property
     def device(self) -> str:
         return self.pd._device
-
-    def record(self) -> registry.MrRecord | None:
-        """This MR as the registry's plain record (None once closed)."""
-        m = self._m
-        if not m.mr:
-            return None
-        return registry.MrRecord(self._pd._device, m.addr, m.length, m.lkey, m.rkey, m.access,
-                                 m.handle)
 
     def pages(self) -> Any:
         """What the kernel holds for this range now (rdmapin.pages.inspect)."""

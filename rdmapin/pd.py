@@ -1,23 +1,24 @@
 """ProtectionDomain: where memory is registered.
 
 The list of a PD's live MRs is kept by the C shim (``struct rdmapin_pd``), so register and
-close are one C call each. Closing a PD deregisters (unpins) its live MRs first, then
-deallocates it; an MR closed that way keeps its Python buffer export until it is closed or
-dropped itself. A PD taken from pyverbs (``from_pyverbs``) is never deallocated here:
-pyverbs owns it, rdmapin only registers into it, so pyverbs QPs can use rdmapin MRs.
+close are one C call each. Closing a PD (rdmapin.resource's order) closes its children:
+it deregisters (unpins) its live MRs, then deallocates the PD, and forgets it only once that
+succeeded; an MR closed that way keeps its Python buffer export until it is closed or dropped
+itself. A PD taken from pyverbs (``from_pyverbs``) is never deallocated here: pyverbs owns
+it, rdmapin only registers into it, so pyverbs QPs can use rdmapin MRs.
 """
 
 from __future__ import annotations
 
 import errno as _errno
-import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from rdmapin import _lib, explain, registry
+from rdmapin import _lib, _pyverbs_compat, explain, registry
 from rdmapin.access import WRITABLE, Access, describe
 from rdmapin.errors import BufferTypeError, ClosedError, RegistrationError
 from rdmapin.mr import MemoryRegion
+from rdmapin.resource import Resource
 
 if TYPE_CHECKING:
     from rdmapin.device import Device
@@ -42,14 +43,14 @@ def _live_records() -> list[registry.MrRecord]:
 registry.add_source(_live_records)
 
 
-class ProtectionDomain:
+class ProtectionDomain(Resource):
     """An ibv_pd. ``register(buffer, access)`` pins a buffer and returns a MemoryRegion."""
 
     def __init__(self, device: Device | None, pd: Any, *, owner: Any = None,
                  device_name: str | None = None) -> None:
-        self._device_obj = device
         self._pd = pd  # the shim's struct rdmapin_pd (ffi.gc-owned)
         self._owner = owner  # the pyverbs PD we borrowed pd from (kept alive), else None
+        super().__init__(device)
         self._device = device_name or _lib.pd_device_name(pd.pd)
         self._max_mr_size: int | None = None
         _live_pds.add(self)
@@ -60,61 +61,66 @@ class ProtectionDomain:
 
         The pyverbs PD is kept alive while this object lives; close the rdmapin MRs before
         closing the pyverbs PD (ibv_dealloc_pd refuses a PD with MRs: EBUSY)."""
-        handle = getattr(pyverbs_pd, "handle", None) if _is_pyverbs_pd(pyverbs_pd) else None
-        if not isinstance(handle, int):
-            raise BufferTypeError(f"from_pyverbs needs an open pyverbs.pd.PD, got "
-                                  f"{type(pyverbs_pd).__name__}")
-        address = _pyverbs_pd_address(pyverbs_pd, handle)
+        address = _pyverbs_compat.pd_address(pyverbs_pd)
         return cls(None, _lib.wrap_pd(_lib.pd_from_address(address)), owner=pyverbs_pd)
 
-    # -- lifetime ---------------------------------------------------------------------
+    # -- lifetime (Resource: close() closes the MRs, then ibv_dealloc_pd) ----------------
     def close(self) -> None:
-        """Deregister live MRs, then deallocate the PD (not for a borrowed pyverbs PD)."""
-        pd, self._pd = self._pd, None
-        if pd is None:
-            return
-        for _ in range(3):  # a close in another thread may still be deregistering one
-            rc = _lib.close_mrs(pd)
-            if rc:
-                self._pd = pd
-                raise RegistrationError(-rc, f"closing the MRs of the PD on {self._device}")
-            if self._owner is not None:
-                break
-            try:
-                _lib.dealloc_pd(pd)
-                break
-            except OSError as e:
-                if e.errno != _errno.EBUSY or not pd.count:
-                    self._pd = pd
-                    raise
-        self._owner = None
-        if self._device_obj is not None:
-            self._device_obj._pds.pop(id(self), None)
-
-    def __enter__(self) -> ProtectionDomain:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_pd", None) is not None:
-            try:
-                self.close()
-            except Exception as e:  # a finalizer never raises
-                import logging
-
-                logging.getLogger(__name__).warning("closing PD in finalizer: %s", e)
+        """Deregister the live MRs, then deallocate the PD (not a borrowed pyverbs PD); a
+        second close does nothing. When it fails, the PD stays open and takes new MRs again."""
+        try:
+            super().close()
+        except BaseException:
+            pd = self._pd
+            if pd is not None:
+                _lib.reopen_pd(pd)
+            raise
 
     @property
     def closed(self) -> bool:
         return self._pd is None
 
+    def _close_children(self) -> None:
+        """Resource's children (none of rdmapin's own yet), then the MRs on the shim's list:
+        the shim refuses new registrations from here on and waits for those in flight."""
+        super()._close_children()
+        self._close_mrs()
+
+    def _close_mrs(self) -> None:
+        rc = _lib.close_mrs(self._pd)
+        if rc:
+            raise RegistrationError(-rc, f"closing the MRs of the PD on {self._device}")
+
+    def _release(self) -> None:
+        """ibv_dealloc_pd; not for a borrowed pyverbs PD, which pyverbs deallocates."""
+        if self._owner is not None:
+            return
+        for _ in range(2):
+            try:
+                _lib.dealloc_pd(self._pd)
+                return
+            except OSError as e:
+                if e.errno != _errno.EBUSY or not self._pd.count:
+                    raise
+            self._close_mrs()  # a close in another thread may still have been deregistering
+        _lib.dealloc_pd(self._pd)
+
+    def _clear(self) -> None:
+        self._pd = None
+        self._owner = None
+
+    def _describe(self) -> str:
+        return f"PD on {self._device}"
+
+    def __del__(self) -> None:
+        self._close_in_finalizer()
+
     def _handle(self) -> Any:
         """The shim's PD; raises ClosedError once closed."""
-        if self._pd is None:
-            raise ClosedError(f"PD on {self._device} is closed")
-        return self._pd
+        pd = self._pd
+        if pd is None:
+            raise self._closed_error()
+        return pd
 
     @property
     def device(self) -> str:
@@ -135,8 +141,9 @@ class ProtectionDomain:
                 for a, n, lk, rk, h, acc in _lib.live_mrs(pd)]
 
     def _max_mr(self) -> int | None:
-        if self._max_mr_size is None and self._device_obj is not None:
-            self._max_mr_size = int(self._device_obj.caps.max_mr_size)
+        device = self._parent
+        if self._max_mr_size is None and device is not None:
+            self._max_mr_size = int(device.caps.max_mr_size)
         return self._max_mr_size
 
     # -- registration --------------------------------------------------------------------
@@ -146,7 +153,7 @@ class ProtectionDomain:
         return its MemoryRegion; the MR holds the buffer export until closed."""
         pd = self._pd
         if pd is None:
-            raise ClosedError(f"PD on {self._device} is closed; cannot register")
+            raise self._closed_error("register")
         if type(access) is not int:
             access = int(access)
         if iova is not None:
@@ -176,7 +183,7 @@ class ProtectionDomain:
     def _failed(self, call: str, buffer: Any, cbuf: Any, access: int) -> Exception:
         """The explained error for a failed registration; releases the export first."""
         err = _errno_of_call()
-        if err == _errno.ESHUTDOWN and self._pd is None:
+        if err == _errno.ESHUTDOWN:  # the shim's refusal: a close of this PD had begun
             if cbuf is not None:
                 _release(cbuf)
             return ClosedError(f"PD on {self._device} was closed during {call}")
@@ -222,58 +229,12 @@ class ProtectionDomain:
         return _wrap(self, m, None, access)
 
     def __repr__(self) -> str:
-        state = "closed" if self._pd is None else f"{len(self._mrs)} MRs"
-        return f"<ProtectionDomain {self._device} {state}>"
-
-
-def _is_pyverbs_pd(obj: Any) -> bool:
-    try:
-        from pyverbs.pd import PD
-    except ImportError:
-        return False
-    return isinstance(obj, PD)
-
-
-def _pyverbs_pd_address(pyverbs_pd: Any, handle: int) -> int:
-    """The ``struct ibv_pd *`` inside a pyverbs PD object.
-
-    rdma-core v44's ``PD.pd`` property returns ``<object>self.pd`` (the C pointer cast to a
-    Python object: touching it crashes); later releases return ``<uintptr_t>self.pd``. So
-    the property is never read: the pointer is found in the Cython object's fields as the
-    word that points at a readable ``struct ibv_pd`` whose handle is the PD's handle and
-    whose context leads to a device. Reads go through /proc/self/mem, which fails cleanly
-    on an unmapped address instead of faulting.
-    """
-    fd = os.open("/proc/self/mem", os.O_RDONLY)
-    try:
-        def read(addr: int, n: int) -> bytes | None:
-            if addr < 4096 or addr >= 1 << 47:
-                return None
-            try:
-                data = os.pread(fd, n, addr)
-            except OSError:
-                return None
-            return data if len(data) == n else None
-
-        # Only the object's own struct: words past it belong to whatever the allocator put
-        # next, and one of them can look like an ibv_pd with handle 0 as well.
-        obj = read(id(pyverbs_pd), type(pyverbs_pd).__basicsize__) or b""
-        found = set()
-        for off in range(16, len(obj) - 7, 8):
-            ptr = int.from_bytes(obj[off:off + 8], "little")
-            head = read(ptr, 12)  # struct ibv_pd { struct ibv_context *context; u32 handle; }
-            if head is None or int.from_bytes(head[8:12], "little") != handle:
-                continue
-            ctx = read(int.from_bytes(head[:8], "little"), 8)  # ibv_context.device
-            if ctx is None or read(int.from_bytes(ctx, "little"), 8) is None:
-                continue
-            found.add(ptr)
-    finally:
-        os.close(fd)
-    if len(found) != 1:
-        raise ClosedError(f"cannot find the ibv_pd of pyverbs PD handle {handle} "
-                          f"({len(found)} candidates); is it open?")
-    return found.pop()
+        borrowed = " from pyverbs" if self._owner is not None else ""
+        if self._pd is None:
+            return f"<ProtectionDomain {self._device} closed>"
+        n = len(self.mrs)
+        return (f"<ProtectionDomain {self._device}{borrowed} handle={self.handle} open, "
+                f"{n} MR{'' if n == 1 else 's'}>")
 
 
 def _buffer_error(obj: Any, access: int, e: Exception) -> Exception:

@@ -1,8 +1,9 @@
 """The in-process registry of live memory regions.
 
-``verbs`` adds each MR here when it is registered and removes it when it is closed; ``pages``
-(reconcile) and ``trace`` (attribution) read it. Entries are plain records, so readers never
-keep an MR alive or import the verbs layer.
+Owners of MRs register a source here (``add_source``): rdmapin.pd's lists every live MR of
+every live PD, read from the shim only when asked, so registering an MR costs nothing here.
+``pages`` (reconcile), ``physmap`` and ``trace`` (attribution, inventory) read ``live()``.
+Entries are plain records, so readers never keep an MR alive or import the verbs layer.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ class MrRecord:
 
 
 _lock = threading.Lock()
-_live: dict[tuple[str, int], MrRecord] = {}
-# Callables yielding the MrRecords of MRs their owner tracks anyway (rdmapin.pd's weak
-# per-PD tables): read only when live() is asked, so registering an MR costs nothing here.
+# Callables yielding the MrRecords of MRs their owner tracks anyway (rdmapin.pd's PDs).
 _sources: list[Callable[[], Iterable[MrRecord]]] = []
 
 
@@ -37,21 +36,9 @@ def add_source(source: Callable[[], Iterable[MrRecord]]) -> None:
         _sources.append(source)
 
 
-def add(rec: MrRecord) -> None:
-    with _lock:
-        _live[(rec.device, rec.lkey)] = rec
-
-
-def remove(device: str, lkey: int) -> None:
-    with _lock:
-        _live.pop((device, lkey), None)
-
-
 def live() -> list[MrRecord]:
     """Snapshot of the live MRs, sorted by address."""
     with _lock:
-        recs = list(_live.values())
         sources = list(_sources)
-    for source in sources:
-        recs.extend(source())
-    return sorted(recs, key=lambda r: (r.addr, r.length))
+    return sorted((rec for source in sources for rec in source()),
+                  key=lambda r: (r.addr, r.length))

@@ -10,7 +10,8 @@ alive with a strong reference, so Python's GC never frees a parent before its ch
    leaving this resource open and that child (and the older ones) registered, so a second
    ``close()`` retries them;
 3. releases its own handle (``_release``); on failure it raises and the handle is kept;
-4. only then clears the handle (``_clear``) and leaves its parent's children.
+4. only then clears the handle (``_clear``), leaves its parent's children and drops its
+   reference to the parent (so a closed child no longer keeps an open parent alive).
 
 So a failed close never leaks a handle it could still free. ``with`` closes, and a subclass
 that closes on GC calls ``_close_in_finalizer`` from ``__del__``, which logs what it cannot
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any
+from typing import Any, Self
 
 from rdmapin.errors import ClosedError
 
@@ -37,12 +38,11 @@ class Resource:
     # Defaults for leaves that never run __init__ (MemoryRegion is built with object.__new__).
     _parent: Resource | None = None
     _children: weakref.WeakValueDictionary[int, Resource] | None = None
-    _lock: Any = None
+    _lock: Any = None  # a threading.RLock: one close at a time (parents allocate under it)
 
     def __init__(self, parent: Resource | None = None) -> None:
-        """Call after the handle is set: the parent may close this resource from now on."""
-        self._lock = threading.RLock()  # one close at a time; alloc under it in parents
-        self._children = None
+        """Call right after the handle is set: the parent may close this resource from now on."""
+        self._lock = threading.RLock()
         self._parent = parent
         if parent is not None:
             parent._adopt(self)
@@ -100,11 +100,11 @@ class Resource:
             self._close_children()
             self._release()
             self._clear()
-        parent = self._parent
+            parent, self._parent = self._parent, None
         if parent is not None:
             parent._forget(self)
 
-    def __enter__(self):  # -> the subclass's own type
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -56,13 +56,10 @@ def dimm_missing() -> str | None:
 
 @functools.cache
 def movable_missing() -> str | None:
-    zone = None
-    for line in Path("/proc/zoneinfo").read_text().splitlines():
-        words = line.split()
-        if line.startswith("Node "):
-            zone = words[-1]
-        elif zone == "Movable" and words[:1] == ["present"] and int(words[1]) > 0:
-            return None
+    from rdmapin.kernel import mmzone
+
+    if any(z.name == "Movable" and z.present > 0 for z in mmzone.zoneinfo()):
+        return None
     return "no populated ZONE_MOVABLE (boot with ci/vm/run --append movablecore=1G)"
 
 

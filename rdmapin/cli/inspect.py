@@ -20,6 +20,7 @@ from pathlib import Path
 from rdmapin import mm
 from rdmapin.errors import RdmapinError
 from rdmapin.kernel import kcore, procfs, rdma_res
+from rdmapin.kernel.units import short
 from rdmapin.pages import inspect as inspect_region
 from rdmapin.pages import reconcile
 from rdmapin.trace import inventory
@@ -37,15 +38,6 @@ show "?" (JSON null).
 
 COLS = (("PID", 6), ("COMM", 10), ("PINNED", 7), ("LOCKED", 7), ("MRS", 4),
         ("MR-BYTES", 8), ("4K", 6), ("THP", 6), ("HUGETLB", 7), ("OTHER", 5), ("OK", 3))
-
-
-def short(nbytes: int) -> str:
-    """Bytes in at most 6 characters, binary units: 0, 512K, 1.5G, 24G."""
-    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if nbytes >= size:
-            v = nbytes / size
-            return f"{v:.0f}{unit}" if v >= 10 or v == int(v) else f"{v:.1f}{unit}"
-    return str(nbytes)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -7,10 +7,10 @@ import resource
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 from rdmapin.doctor import Check, Status
-from rdmapin.kernel import procfs
+from rdmapin.kernel import maps, procfs
+from rdmapin.kernel.units import human
 
 # include/uapi/linux/capability.h
 CAP_DAC_OVERRIDE = 1
@@ -39,16 +39,8 @@ def grant_fix(*caps: str) -> str:
                          sp=",".join(f"+{c}" for c in caps))
 
 
-def human_bytes(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            v = n / (1 << shift)
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{n} B"
-
-
 def _limit(v: int) -> str:
-    return "unlimited" if v == resource.RLIM_INFINITY else human_bytes(v)
+    return "unlimited" if v == resource.RLIM_INFINITY else human(v)
 
 
 def memlock() -> Iterator[Check]:
@@ -76,8 +68,8 @@ def memlock() -> Iterator[Check]:
     fix += (" LimitMEMLOCK=infinity in the systemd unit or 'USER - memlock unlimited' in "
             "/etc/security/limits.d/; or grant CAP_IPC_LOCK: " + grant_fix("ipc_lock"))
     status = Status.FAIL if room == 0 else Status.WARN
-    yield Check("memlock", status, f"can pin {human_bytes(room)} ({limits}, "
-                f"{human_bytes(pinned)} pinned; CAP_IPC_LOCK: no)", fix=fix, data=data)
+    yield Check("memlock", status, f"can pin {human(room)} ({limits}, "
+                f"{human(pinned)} pinned; CAP_IPC_LOCK: no)", fix=fix, data=data)
 
 
 def capabilities() -> Iterator[Check]:
@@ -161,9 +153,8 @@ def fork() -> Iterator[Check]:
 
 
 def map_count() -> Iterator[Check]:
-    limit = int(Path("/proc/sys/vm/max_map_count").read_text())
-    with open("/proc/self/maps", "rb") as f:
-        used = sum(1 for _ in f)
+    limit = int(procfs.sysctl("vm/max_map_count"))
+    used = maps.count("self")
     data = {"max_map_count": limit, "maps": used}
     # With ibv_fork_init every MR is madvise(MADV_DONTFORK)'d: up to 2 VMA splits each.
     room = (limit - used) // 2

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from rdmapin import mm
 from rdmapin.doctor import Check, Status
-from rdmapin.doctor.limits import human_bytes
 from rdmapin.kernel import mmzone, procfs
+from rdmapin.kernel.units import human
 
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
 NODES = Path("/sys/devices/system/node")
@@ -104,8 +104,8 @@ def fragmentation(order: int | None = None) -> Iterator[Check]:
                 "free_blocks": blocks, "unusable_index": round(index, 3),
                 "source": "debugfs" if kernel else "buddyinfo"}
         name = f"frag n{fa.node} {fa.zone}"
-        value = (f"{blocks} free {human_bytes(mm.PAGE_SIZE << order)} blocks of "
-                 f"{human_bytes(free * mm.PAGE_SIZE)} free; unusable {index:.3f}")
+        value = (f"{blocks} free {human(mm.PAGE_SIZE << order)} blocks of "
+                 f"{human(free * mm.PAGE_SIZE)} free; unusable {index:.3f}")
         # Half of a zone's free memory (and at least 64 MiB of it) unable to give one
         # pageblock means THP and hugetlb allocations there will need compaction first.
         if index > 0.5 and free * mm.PAGE_SIZE >= 64 << 20:
@@ -140,9 +140,9 @@ def movable_zones() -> Iterator[Check]:
     movable = [z for z in mmzone.zoneinfo() if z.name == "Movable" and z.present > 0]
     cma = procfs.meminfo().get("CmaTotal", 0)
     data = {"movable": {f"n{z.node}": z.present * mm.PAGE_SIZE for z in movable}, "cma": cma}
-    parts = [f"Movable {human_bytes(z.present * mm.PAGE_SIZE)} on n{z.node}" for z in movable]
+    parts = [f"Movable {human(z.present * mm.PAGE_SIZE)} on n{z.node}" for z in movable]
     if cma:
-        parts.append(f"CMA {human_bytes(cma)}")
+        parts.append(f"CMA {human(cma)}")
     if not parts:
         yield Check("zones", Status.PASS, "no ZONE_MOVABLE, no CMA: pins stay where they "
                     "fault", data=data)

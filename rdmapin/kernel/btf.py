@@ -6,6 +6,8 @@ so they are looked up, never assumed.
 
 The walk over ~100k types decodes only the names asked for (compared as string-table
 offsets), because in a TCG guest a full decode takes tens of seconds.
+Mirrors kernel/bpf/btf.c's type encoding (include/uapi/linux/btf.h); checked on 6.1, 6.12
+and 6.18.
 """
 
 from __future__ import annotations

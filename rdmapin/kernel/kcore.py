@@ -5,7 +5,9 @@ decides with page_maybe_dma_pinned(): a small folio counts each FOLL_PIN as
 GUP_PIN_COUNTING_BIAS (1024) references in ``_refcount``; a large folio keeps a separate
 ``_pincount``. This reads those two fields straight from the struct page array (vmemmap),
 in runs of contiguous PFNs, with offsets from BTF. Root only; kernels without
-CONFIG_PROC_KCORE cannot answer and say so.
+CONFIG_PROC_KCORE cannot answer and say so. Mirrors include/linux/mm.h
+(``folio_maybe_dma_pinned``) and fs/proc/kcore.c's ELF view of the direct map and vmemmap;
+checked on 6.1 and 6.12 in the guests (the folio's ``_pincount`` offset differs: 88 vs 92).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """/proc/kpageflags read for an array of PFNs, and its KPF_* bits decoded with numpy.
 
 Bit numbers are the kernel's (include/uapi/linux/kernel-page-flags.h, and the kernel-only
-bits 32+ from include/linux/kernel-page-flags.h). Reads follow the PFNs in their given
+bits 32+ from include/linux/kernel-page-flags.h), as fs/proc/page.c's stable_page_flags()
+sets them; checked on 6.1, 6.12 (whose KPF_KSM is wrong: see ksm_bit_on_every_anon_page)
+and 6.18. Reads follow the PFNs in their given
 (virtual) order, one pread per physically contiguous run; when the layout is fragmented
 the PFNs are sorted and coalesced first, so the syscall count stays near the number of
 physical extents rather than the number of pages.
@@ -14,10 +16,13 @@ import errno
 import functools
 import mmap
 import os
+from collections.abc import Callable
 
 import numpy as np
 
 from rdmapin.errors import RdmapinOSError
+from rdmapin.kernel import pagemap
+from rdmapin.kernel.arch import PAGE_SIZE
 
 PATH = "/proc/kpageflags"
 ENTRY_BYTES = 8
@@ -82,20 +87,15 @@ def ksm_bit_on_every_anon_page() -> bool:
     kernel a real KSM page cannot be told from an anonymous one; :func:`read` clears the
     bit so both count as anonymous. Root only (pagemap hides PFNs otherwise): False then.
     """
-    page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    page = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         page[0] = 1
         addr = np.frombuffer(page, dtype=np.uint8).ctypes.data
         try:
-            fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            pfn = int(pagemap.pfns(pagemap.read("self", addr, PAGE_SIZE))[0])
+        except RdmapinOSError:
             return False
-        try:
-            entry = int.from_bytes(os.pread(fd, 8, addr // mmap.PAGESIZE * 8), "little")
-        finally:
-            os.close(fd)
-        pfn = entry & ((1 << 55) - 1)
-        if not entry >> 63 or pfn == 0:
+        if pfn == 0:
             return False
         try:
             flags = int(_read_raw(np.array([pfn], dtype=np.uint64))[0])
@@ -237,6 +237,40 @@ def read_range(first_pfn: int, count: int) -> np.ndarray:
         out = np.zeros(count, dtype=np.uint64)
         view = memoryview(out).cast("B")
         os.preadv(fd, [view], first_pfn * ENTRY_BYTES)
+    finally:
+        os.close(fd)
+    if ksm_bit_on_every_anon_page():
+        out &= ~_KSM
+    return out
+
+
+# A whole-memory scan reads 8 MiB of entries at a time: a progress tick per 4 GiB of RAM.
+CHUNK_PFNS = 1 << 20
+
+
+def read_all(end_pfn: int,
+             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """kpageflags of PFNs [0, end_pfn) in one sequential pass (8 MiB reads).
+
+    The kernel fills entries past max_pfn with nothing: the read stops short and the rest
+    stays KPF_NOPAGE.
+    """
+    out = np.full(end_pfn, np.uint64(1 << KPF.NOPAGE), dtype=np.uint64)
+    view = memoryview(out).cast("B")
+    try:
+        fd = os.open(PATH, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise RdmapinOSError(e.errno or 13, f"open {PATH}",
+                             hint="the physical map needs root (kpageflags is mode 0400)") from e
+    try:
+        pos, total = 0, end_pfn * 8
+        while pos < total:
+            n = os.preadv(fd, [view[pos:min(pos + CHUNK_PFNS * 8, total)]], pos)
+            if n <= 0:
+                break
+            pos += n
+            if progress:
+                progress(pos // 8, end_pfn)
     finally:
         os.close(fd)
     if ksm_bit_on_every_anon_page():

@@ -2,7 +2,9 @@
 
 /proc/zoneinfo gives each zone's PFN span (start_pfn, spanned) and what of it is present
 and managed; /proc/buddyinfo the free blocks per order; /proc/pagetypeinfo the pageblock
-order. The fragmentation map and `rdmapin doctor` both start from these.
+order. The fragmentation map and `rdmapin doctor` both start from these. Mirrors
+mm/vmstat.c (``zoneinfo_show_print``, ``frag_show_print``, ``pagetypeinfo_showfree``); checked
+on 6.1, 6.12 and 6.18 (6.12 prints the same fields; empty zones print no start_pfn on all).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ keys only to a reader with CAP_NET_ADMIN (drivers/infiniband/core/nldev.c,
 fill_res_mr_entry). Linux 6.1 sends no IOVA (measured in the guest: ``{"ifname":"rxe0",
 "mrn":0,"rkey":"0","lkey":"201","mrlen":1048576,"pdn":1,"pid":301,"comm":"python"}``), so
 for another process the MR's length and keys are known, its address is not. It is how
-rdmapin knows the MRs of a process it is not running in.
+rdmapin knows the MRs of a process it is not running in. 6.12 sends the same attributes
+as 6.1 (no IOVA either), checked in both guests.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rdmapin.kernel.pagemap import PAGE_SHIFT, PAGE_SIZE
+from rdmapin.kernel.arch import PAGE_SHIFT, PAGE_SIZE
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 DEVICE_PAGE_SIZES = (4 * KIB, 64 * KIB, 2 * MIB, 1 * GIB)

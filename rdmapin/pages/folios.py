@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rdmapin.kernel import kpageflags as kpf
+from rdmapin.kernel.arch import PAGE_SIZE
 from rdmapin.kernel.kpageflags import KPF
-from rdmapin.kernel.pagemap import PAGE_SIZE
 
 # Exclusive backing categories; the table below assigns one to every flag combination.
 CATEGORIES = ("4k", "thp_2m", "thp_other", "hugetlb_2m", "hugetlb_1g", "hugetlb_other",

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from rdmapin import registry
 from rdmapin.errors import RdmapinError
 from rdmapin.kernel import pagemap, procfs, rdma_res
-from rdmapin.kernel.pagemap import PAGE_SIZE
+from rdmapin.kernel.arch import PAGE_SIZE
 from rdmapin.pages.descriptors import num_pages
 
 
@@ -56,7 +56,8 @@ class Reconciliation:
         return d
 
     def __str__(self) -> str:
-        from rdmapin.pages.render import human
+        from rdmapin.kernel.units import human
+
         lines = [
             f"pid {self.pid} ({self.comm})",
             f"VmPin       {human(self.vm_pin):>12}  ({self.vm_pin // PAGE_SIZE} pages)",
@@ -174,7 +175,8 @@ def reconcile(pid: int | None = None) -> Reconciliation:
 
 
 def human_pages(nbytes: int) -> str:
-    from rdmapin.pages.render import human
+    from rdmapin.kernel.units import human
+
     return f"{human(nbytes)} ({nbytes // PAGE_SIZE} pages)"
 
 

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rdmapin.kernel.pagemap import PAGE_SIZE
+from rdmapin.kernel.arch import PAGE_SIZE
+from rdmapin.kernel.units import human
 
 if TYPE_CHECKING:
     from rdmapin.pages.report import RegionReport
-
-
-def human(nbytes: int) -> str:
-    """1536 -> '1.5 KiB'; exact powers print without decimals ('2 MiB')."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= size:
-            v = nbytes / size
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{nbytes} B"
 
 
 def render(r: RegionReport) -> str:

@@ -15,11 +15,11 @@ import numpy as np
 from rdmapin.errors import RdmapinError, RdmapinOSError
 from rdmapin.kernel import kpageflags as kpf
 from rdmapin.kernel import maps, memblock, pagemap, procfs
+from rdmapin.kernel.arch import PAGE_SIZE
 from rdmapin.kernel.kpageflags import KPF
-from rdmapin.kernel.pagemap import PAGE_SIZE
+from rdmapin.kernel.units import human
 from rdmapin.pages import folios as folio_mod
 from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP, Descriptors, describe
-from rdmapin.pages.render import human
 
 _HUGE = kpf.mask(KPF.HUGE)
 _MLOCKED = kpf.mask(KPF.MLOCKED)

@@ -15,7 +15,7 @@ import numpy as np
 
 from rdmapin.errors import RdmapinError
 from rdmapin.kernel import pagemap
-from rdmapin.kernel.pagemap import PAGE_SIZE
+from rdmapin.kernel.arch import PAGE_SIZE
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rdmapin.kernel import mmzone
+from rdmapin.kernel.arch import PAGE_SIZE
+from rdmapin.kernel.kpageflags import read_all
 from rdmapin.physmap.classify import (
     NCLASS,
     PageClass,
@@ -20,7 +22,6 @@ from rdmapin.physmap.classify import (
     block_counts,
     mark_pinned,
     page_classes,
-    read_all,
 )
 from rdmapin.physmap.pins import PinSet
 
@@ -68,7 +69,7 @@ class PhysMap:
     def totals(self) -> dict:
         s = self.summaries
         return {"type": "summary", "order": self.order,
-                "pageblock_bytes": self.pages_per_block * 4096,
+                "pageblock_bytes": self.pages_per_block * PAGE_SIZE,
                 "pageblocks": int(sum(sum(z.pageblocks.values()) for z in s)),
                 "free_2m": sum(z.free_2m for z in s), "clean": sum(z.clean for z in s),
                 "formable_2m": sum(z.formable_2m for z in s),

@@ -17,13 +17,11 @@ Classes, from harmless to harmful for forming a 2 MiB page out of a pageblock:
 from __future__ import annotations
 
 import enum
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from rdmapin.errors import RdmapinOSError
-from rdmapin.kernel.kpageflags import KPF, PATH, mask
+from rdmapin.kernel.kpageflags import KPF, mask
 
 
 class PageClass(enum.IntEnum):
@@ -39,38 +37,10 @@ class PageClass(enum.IntEnum):
 
 
 NCLASS = len(PageClass)
-CHUNK_PFNS = 1 << 20  # 8 MiB of kpageflags per read: a progress tick per 4 GiB of RAM
 
 _HOLE = mask(KPF.NOPAGE, KPF.OFFLINE)
 _MOVABLE = mask(KPF.LRU, KPF.ANON, KPF.THP, KPF.MMAP)
 _KERNEL = mask(KPF.SLAB, KPF.PGTABLE, KPF.RESERVED)
-
-
-def read_all(end_pfn: int, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """kpageflags of PFNs [0, end_pfn) in one sequential pass (8 MiB reads).
-
-    The kernel fills entries past max_pfn with nothing: the read stops short and the rest
-    stays KPF_NOPAGE.
-    """
-    out = np.full(end_pfn, np.uint64(1 << KPF.NOPAGE), dtype=np.uint64)
-    view = memoryview(out).cast("B")
-    try:
-        fd = os.open(PATH, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise RdmapinOSError(e.errno or 13, f"open {PATH}",
-                             hint="the physical map needs root (kpageflags is mode 0400)") from e
-    try:
-        pos, total = 0, end_pfn * 8
-        while pos < total:
-            n = os.preadv(fd, [view[pos:min(pos + CHUNK_PFNS * 8, total)]], pos)
-            if n <= 0:
-                break
-            pos += n
-            if progress:
-                progress(pos // 8, end_pfn)
-    finally:
-        os.close(fd)
-    return out
 
 
 def page_classes(flags: np.ndarray, ram: Sequence[tuple[int, int]] = ()) -> np.ndarray:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from rdmapin.errors import RdmapinError
+from rdmapin.kernel.arch import PAGE_SIZE
+from rdmapin.kernel.units import human
 from rdmapin.physmap.blocks import CLASS_NAMES, PhysMap
 from rdmapin.physmap.classify import PageClass
 
@@ -51,12 +53,6 @@ def zone_outline(first: int, end: int, width: int) -> list[tuple[float, float]]:
             (0, rb + 1), (0, ra + 1), (ca, ra + 1), (ca, ra)]
 
 
-def _human(nbytes: int) -> str:
-    gib = nbytes / (1 << 30)
-    return f"{gib:.0f} GiB" if gib >= 1 and gib == int(gib) else (
-        f"{gib:.1f} GiB" if gib >= 1 else f"{nbytes >> 20} MiB")
-
-
 def render(pmap: PhysMap, path: str | os.PathLike, title: str | None = None) -> Path:
     try:
         import matplotlib
@@ -74,7 +70,7 @@ def render(pmap: PhysMap, path: str | os.PathLike, title: str | None = None) -> 
     cells = np.full(rows * width, PageClass.HOLE, dtype=np.uint8)
     cells[:n] = pmap.block_class
     grid = cells.reshape(rows, width)
-    block_bytes = pmap.pages_per_block * 4096
+    block_bytes = pmap.pages_per_block * PAGE_SIZE
 
     # Layout in inches: title, grid (square cells) with zone names to its right, legend,
     # per-zone table, footnote.
@@ -98,12 +94,12 @@ def render(pmap: PhysMap, path: str | os.PathLike, title: str | None = None) -> 
     ax.set_ylim(rows, 0)
     step = max(1, rows // 12)
     ax.set_yticks(np.arange(0, rows, step) + 0.5)
-    ax.set_yticklabels([_human(r * width * block_bytes) for r in range(0, rows, step)],
+    ax.set_yticklabels([human(r * width * block_bytes) for r in range(0, rows, step)],
                        fontsize=8)
     ax.set_xticks([0, width // 2, width])
-    ax.set_xticklabels(["+0", f"+{_human(width // 2 * block_bytes)}",
-                        f"+{_human(width * block_bytes)}"], fontsize=8)
-    ax.set_xlabel(f"one cell = one {_human(block_bytes)} pageblock, {width} per row",
+    ax.set_xticklabels(["+0", f"+{human(width // 2 * block_bytes)}",
+                        f"+{human(width * block_bytes)}"], fontsize=8)
+    ax.set_xlabel(f"one cell = one {human(block_bytes)} pageblock, {width} per row",
                   fontsize=8.5)
     ax.set_ylabel("physical address", fontsize=9)
 
@@ -120,7 +116,7 @@ def render(pmap: PhysMap, path: str | os.PathLike, title: str | None = None) -> 
         r = int(idx[0]) // width
         label_y = max(r + 0.5, last_y + min_gap)
         last_y = label_y
-        ax.annotate(f"{s.zone.label} ({_human(s.zone.spanned * 4096)})", xy=(width, r + 0.5),
+        ax.annotate(f"{s.zone.label} ({human(s.zone.spanned * PAGE_SIZE)})", xy=(width, r + 0.5),
                     xytext=(width + 0.15 / cell, label_y), fontsize=7.5, va="center",
                     annotation_clip=False,
                     arrowprops={"arrowstyle": "-", "color": "0.45", "linewidth": 0.6})
@@ -150,7 +146,7 @@ def render(pmap: PhysMap, path: str | os.PathLike, title: str | None = None) -> 
     t = pmap.totals()
     fig.text(left / fig_w, 1 - 0.18 / fig_h,
              title or (f"Physical memory: {t['pageblocks']} pageblocks of "
-                       f"{_human(block_bytes)}; {t['pinned_pages']} pinned pages in "
+                       f"{human(block_bytes)}; {t['pinned_pages']} pinned pages in "
                        f"{t['pinned_blocks']} pageblocks"), fontsize=11, va="top")
     out = Path(path)
     fig.savefig(out)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rdmapin import registry
-from rdmapin.kernel import kcore, kpageflags, pagemap, procfs, rdma_res
+from rdmapin.kernel import arch, kcore, kpageflags, maps, pagemap, procfs, rdma_res
 from rdmapin.trace.attribution import Owner, OwnerMap
 
 log = logging.getLogger(__name__)
 
-PAGE = pagemap.PAGE_SIZE
+PAGE = arch.PAGE_SIZE
 
 
 @dataclass
@@ -31,16 +31,9 @@ class Inventory:
 
 
 def _vmas(pid: int) -> list[tuple[int, int]]:
-    out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split()
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            name = parts[5] if len(parts) > 5 else ""
-            if name in ("[vsyscall]", "[vvar]", "[vdso]") or lo >= 1 << 47:
-                continue
-            out.append((lo, hi))
-    return out
+    """User mappings of ``pid`` that can hold pinned pages (not vsyscall/vvar/vdso)."""
+    return [(v.start, v.end) for v in maps.read(pid, detail=False)
+            if v.path not in ("[vsyscall]", "[vvar]", "[vdso]") and v.start < 1 << 47]
 
 
 def pinned_runs(pid: int) -> list[tuple[int, int, np.ndarray]]:

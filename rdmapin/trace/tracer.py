@@ -21,6 +21,7 @@ from typing import Any
 
 from rdmapin import registry
 from rdmapin.kernel import procfs, rdma_res
+from rdmapin.kernel.arch import PAGE_SIZE
 from rdmapin.trace import features as _features
 from rdmapin.trace import inventory as _inventory
 from rdmapin.trace import loader
@@ -30,7 +31,6 @@ from rdmapin.trace.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 # rp_event.f of a folio failure (enum rp_folio_stage, bpf/migrate.c): the step that refused
 STAGES = {0: "move", 1: "unmap"}
 POLL_MS = 50
@@ -183,7 +183,7 @@ class Tracer:
             if self._pin_recent is not None:
                 recent = {int(k.value): (int(v.pid), int(v.start), int(v.nr_pages))
                           for k, v in self._pin_recent.items()}
-                self.ledger.watch_pins(recent, PAGE)
+                self.ledger.watch_pins(recent, PAGE_SIZE)
                 for ts_ns in recent:  # no release event: read once, then forgotten
                     with contextlib.suppress(KeyError):
                         del self._pin_recent[self._pin_recent.Key(ts_ns)]
@@ -325,7 +325,7 @@ class Tracer:
             ev.detail = {"addr": r.a, "nr_pages": r.b, "requested": r.c, "gup_flags": r.d}
             if r.b:
                 with self._pins_lock:
-                    ev.owners = [self.ledger.pinned(r.pid, ev.comm, r.a, r.b, PAGE, r.ts_ns)]
+                    ev.owners = [self.ledger.pinned(r.pid, ev.comm, r.a, r.b, PAGE_SIZE, r.ts_ns)]
         return ev
 
     def _wanted(self, ev: Event) -> bool:

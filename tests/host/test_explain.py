@@ -12,6 +12,7 @@ import pytest
 
 import rdmapin
 from rdmapin import explain
+from rdmapin.kernel.units import human
 
 CHILD = r"""
 import json, resource
@@ -34,7 +35,7 @@ def test_memlock_explanation_cites_limit_and_vmpin_of_the_process():
     assert res["limit"] == 1 << 20
     assert res["type"] == "MemlockError"
     assert "RLIMIT_MEMLOCK 1 MiB" in res["msg"]
-    assert f"VmPin {explain._fmt(res['vmpin'])}," in res["msg"]
+    assert f"VmPin {human(res['vmpin'])}," in res["msg"]
     assert "pinning 4 MiB (1024 pages)" in res["msg"]
     assert "ulimit -l" in res["msg"] and "limits.conf" in res["msg"]
 

@@ -13,7 +13,7 @@ from pagebufs import MADV_NOHUGEPAGE, PAGE, Buffer
 
 import rdmapin.pages as pages
 from rdmapin.errors import RdmapinError
-from rdmapin.kernel import memblock, pagemap, procfs
+from rdmapin.kernel import memblock, mmzone, pagemap, procfs
 
 TOP = Path(__file__).resolve().parents[2]
 ZONEINFO = """Node 0, zone      DMA
@@ -32,8 +32,8 @@ Node 1, zone  Movable
 
 
 def test_zone_spans_parse_skips_empty_zones():
-    assert memblock.zone_spans(ZONEINFO) == [memblock.ZoneSpan(0, "DMA", 1, 4095),
-                                          memblock.ZoneSpan(1, "Movable", 524288, 262144)]
+    spans = [(z.node, z.name, z.start_pfn, z.spanned) for z in mmzone.zoneinfo(ZONEINFO)]
+    assert spans == [(0, "DMA", 1, 4095), (1, "Movable", 524288, 262144)]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="PFNs need root")
@@ -43,13 +43,13 @@ def test_page_zones_fall_inside_their_zoneinfo_span():
         pfns = pagemap.pfns(pagemap.read("self", buf.addr, buf.length))
         node, zone = memblock.lookup(pfns)
         assert (zone >= 0).all() and (node >= 0).all()
-        spans = memblock.zone_spans()
+        spans = mmzone.zoneinfo()
         for z in np.unique(zone).tolist():
             sel = pfns[zone == z].astype(np.int64)
             nodes = set(node[zone == z].tolist())
             ok = np.zeros(len(sel), dtype=bool)
             for s in spans:
-                if s.zone == memblock.ZONE_NAMES[z] and s.node in nodes:
+                if s.name == memblock.ZONE_NAMES[z] and s.node in nodes:
                     ok |= (sel >= s.start_pfn) & (sel < s.start_pfn + s.spanned)
             assert ok.all()
         r = pages.inspect(buf.addr, buf.length)

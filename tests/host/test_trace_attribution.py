@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pytest
 
-from rdmapin.kernel import pagemap
+from rdmapin.kernel import arch, pagemap
 from rdmapin.trace.attribution import Owner, OwnerMap
 from rdmapin.trace.events import Event, Kind
 from rdmapin.trace.ledger import Ledger
 from rdmapin.trace.summary import Summary, render
 
-PAGE = pagemap.PAGE_SIZE
+PAGE = arch.PAGE_SIZE
 
 
 def _owner(pid: int = 1, addr: int = 0x1000, length: int = 4 * PAGE) -> Owner:

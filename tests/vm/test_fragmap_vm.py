@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 import rdmapin
-from rdmapin.kernel import mmzone, pagemap
+from rdmapin.kernel import arch, mmzone, pagemap
 from rdmapin.physmap import blocks, pins
 from rdmapin.physmap.classify import PageClass
 
 pytestmark = [pytest.mark.rdma, pytest.mark.vm]
-PAGE = pagemap.PAGE_SIZE
+PAGE = arch.PAGE_SIZE
 NPAGES = 64
 FILLER_PER_PAGE = 512  # fault a pageblock's worth of filler between two target pages
 

@@ -16,7 +16,7 @@ import pytest
 from trace_util import assert_totals_match, pfns_of, require
 
 import rdmapin
-from rdmapin.kernel import memblock
+from rdmapin.kernel import memblock, mmzone
 from rdmapin.trace import Kind, Tracer
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm, pytest.mark.movable]
@@ -27,7 +27,7 @@ MOVABLE = memblock.ZONE_NAMES.index("Movable")
 def _movable_missing() -> str | None:
     if "movablecore=" not in Path("/proc/cmdline").read_text():
         return "no movablecore= on the kernel command line"
-    if not any(z.zone == "Movable" for z in memblock.zone_spans()):
+    if not any(z.name == "Movable" for z in mmzone.zoneinfo()):
         return "no populated ZONE_MOVABLE"
     return None
 
