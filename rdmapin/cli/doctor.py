@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-j", "--json", action="store_true", help="JSON lines with stable keys")
+    p.add_argument("--try-load", action="store_true",
+                   help="compile and attach the tracer's plan to see what the kernel refuses "
+                        "(tens of seconds under TCG); otherwise the plan says 'not tried'")
     p.add_argument("-c", "--check", action="append", choices=doctor.groups(),
                    metavar="GROUP", help=f"run only GROUP ({', '.join(doctor.groups())}); "
                                          "repeatable")
@@ -47,7 +50,7 @@ def render(check: doctor.Check) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    checks = doctor.run_checks(args.check)
+    checks = doctor.run_checks(args.check, try_load=args.try_load)
     out = sys.stdout
     if args.json:
         for c in checks:

@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   rdmapin trace -j                  # JSON lines, stable keys
   rdmapin trace --prometheus 127.0.0.1:9464   # counters for Prometheus too
   rdmapin trace --all               # also every compaction pageblock scan
+  rdmapin trace --explain           # the plan: files, probes, defines; nothing loaded
 """
 
 FMT = "{:<9} {:<15} {:>7} {:<16} {:<17} {:<25} {}"
@@ -53,7 +54,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip the start-up inventory of pins made before tracing")
     p.add_argument("--prometheus", type=argtypes.host_port, metavar="HOST:PORT",
                    help="serve counters for Prometheus (use 127.0.0.1 unless you mean it)")
+    p.add_argument("--explain", action="store_true",
+                   help="print the plan (files, probes, defines, what is missing) and exit "
+                        "without loading; doctor's 'trace plan' check is the same plan")
     p.set_defaults(func=run)
+
+
+def explain(args: argparse.Namespace) -> int:
+    """The plan a trace would load, like bcc tools' --ebpf: nothing is compiled."""
+    from rdmapin.trace import features, loader
+
+    pl = loader.plan(features.probe())
+    if args.json:
+        print(json.dumps(pl.to_dict(), sort_keys=True))
+    else:
+        print("\n".join(pl.lines()))
+    return 0
 
 
 def interesting(ev: Event) -> bool:
@@ -130,6 +146,8 @@ def _interrupt(_sig: int, _frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     from rdmapin.trace.tracer import Tracer
 
+    if args.explain:
+        return explain(args)
     # Detach cleanly on SIGINT and SIGTERM (systemd, kill) alike; set explicitly because a
     # shell starts background jobs with SIGINT ignored, which Python would inherit.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,7 @@ reports that as its value instead of raising, so one broken probe never hides th
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class Check:
 CheckFn = Callable[[], Iterable[Check]]
 
 
-def _registry() -> list[tuple[str, CheckFn]]:
+def _registry(try_load: bool = False) -> list[tuple[str, CheckFn]]:
     from rdmapin.doctor import limits, memory, rdma, tracing
 
     return [
@@ -57,15 +58,17 @@ def _registry() -> list[tuple[str, CheckFn]]:
         ("frag", memory.fragmentation),
         ("compaction", memory.compaction),
         ("zones", memory.movable_zones),
-        ("tracing", tracing.readiness),
+        ("tracing", functools.partial(tracing.readiness, try_load=try_load)),
     ]
 
 
-def run_checks(only: Iterable[str] | None = None) -> list[Check]:
-    """Run every check (or the groups named in ``only``) and return the verdicts in order."""
+def run_checks(only: Iterable[str] | None = None, *, try_load: bool = False) -> list[Check]:
+    """Run every check (or the groups named in ``only``) and return the verdicts in order.
+    ``try_load`` compiles and attaches the tracer's plan to learn what the kernel refuses
+    (tens of seconds under TCG); without it that check says "not tried"."""
     wanted = set(only) if only is not None else None
     out: list[Check] = []
-    for group, fn in _registry():
+    for group, fn in _registry(try_load):
         if wanted is not None and group not in wanted:
             continue
         try:

@@ -11,9 +11,10 @@ from pathlib import Path
 from rdmapin.doctor import Check, Status, kconfig
 from rdmapin.kernel import tracefs
 from rdmapin.trace import features as _features
+from rdmapin.trace import loader
 
 
-def readiness() -> Iterator[Check]:
+def readiness(try_load: bool = False) -> Iterator[Check]:
     btf = Path("/sys/kernel/btf/vmlinux")
     if btf.exists():
         yield Check("btf", Status.PASS, f"{btf} ({btf.stat().st_size >> 20} MiB)",
@@ -29,6 +30,7 @@ def readiness() -> Iterator[Check]:
         yield from _no_tracefs()
     else:
         yield from _probes(feat, tfs)
+    yield _plan_check(feat, try_load)
 
     try:
         import bcc
@@ -40,7 +42,7 @@ def readiness() -> Iterator[Check]:
                         "site-packages)")
 
     release = os.uname().release
-    data = {"headers": feat.headers, "env": feat.header_env}
+    data = {"headers": feat.headers, "env": dict(feat.header_env)}
     if feat.headers in ("running", "kheaders"):
         where = (f"/lib/modules/{release}/build" if feat.headers == "running"
                  else "/sys/kernel/kheaders.tar.xz")
@@ -123,3 +125,35 @@ def _probes(feat: _features.Features, tfs: Path) -> Iterator[Check]:
     else:
         yield Check("kprobe fns", Status.PASS,
                     ", ".join(sorted(set(fns.values()))), data=data)
+
+
+def _plan_check(feat: _features.Features, try_load: bool) -> Check:
+    """The tracer's plan (the one ``rdmapin trace --explain`` prints) and, when asked, what a
+    real load of it attached and what the kernel refused."""
+    pl = loader.plan(feat)
+    data: dict = {"plan": pl.to_dict(), "tried": try_load, "refused": None}
+    if pl.blocked:
+        fix = (tracefs.MOUNT_TRACEFS if "not mounted" in pl.blocked
+               else "trace as root, with kernel headers for bcc")
+        return Check("trace plan", Status.WARN, f"nothing will load: {pl.blocked}", data=data,
+                     fix=fix)
+    what = (f"{len(pl.files)} files, {len(pl.tracepoints)} tracepoints, "
+            f"{len(pl.kprobes)} kprobes, {len(pl.fexit)} fexit")
+    if not try_load:
+        return Check("trace plan", Status.PASS, f"{what}; load not tried (--try-load)",
+                     data=data)
+    try:
+        prog = loader.load(pl)
+    except Exception as e:  # bcc's compile/verifier errors are bare Exceptions
+        return Check("trace plan", Status.FAIL, f"{what}; load failed: {e}"[:400], data=data,
+                     fix="rdmapin trace --explain shows the plan; run with -v for bcc's output")
+    try:
+        data["refused"] = dict(prog.refused)
+        data["attached"] = list(prog.attached)
+    finally:
+        prog.close()
+    if prog.refused:
+        return Check("trace plan", Status.WARN,
+                     f"{what}; loaded, the kernel refused {', '.join(sorted(prog.refused))}",
+                     data=data, fix="; ".join(sorted(set(prog.refused.values()))))
+    return Check("trace plan", Status.PASS, f"{what}; loaded and attached all", data=data)

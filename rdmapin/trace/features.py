@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 
 from rdmapin.kernel import btf as _btf
 from rdmapin.kernel import kallsyms
@@ -75,19 +77,23 @@ FOLIO_PROBES = {"folio_fail": "HAVE_FEXIT_MOVE_TO_NEW_FOLIO",
                 "folio_unmap": "HAVE_FEXIT_TRY_TO_MIGRATE_ONE"}
 
 
-@dataclass
-class Features:
-    """The probes this kernel allows, why the others are missing, and the build parameters."""
+def unavailable_line(missing: Mapping[str, str]) -> str | None:
+    """``probe -> why`` as one line, probes grouped by reason; None when nothing is missing."""
+    if not missing:
+        return None
+    by_why: dict[str, list[str]] = {}
+    for probe, why in missing.items():
+        by_why.setdefault(why, []).append(probe)
+    parts = [f"{', '.join(sorted(p))} ({why})" for why, p in sorted(by_why.items())]
+    return "unavailable: " + "; ".join(parts)
 
-    tracefs: Path | None
-    formats: dict[str, TracepointFormat] = field(default_factory=dict)
-    available: dict[str, str] = field(default_factory=dict)  # probe -> what it attaches to
-    missing: dict[str, str] = field(default_factory=dict)    # probe -> why not
-    defines: dict[str, str | None] = field(default_factory=dict)
-    headers: str = "none"  # "running", "kheaders", "stand-in <dir>", "none"
-    header_cflags: list[str] = field(default_factory=list)
-    header_env: dict[str, str] = field(default_factory=dict)
-    ringbuf: bool = False
+
+class _Queries:
+    """What both the probe's draft and its frozen result answer."""
+
+    formats: Mapping[str, TracepointFormat]
+    available: Mapping[str, str]
+    missing: Mapping[str, str]
 
     def enum(self, tracepoint: str, fld: str) -> dict[int, str]:
         fmt = self.formats.get(tracepoint)
@@ -110,16 +116,58 @@ class Features:
 
     def unavailable_line(self) -> str | None:
         """The one line a run prints about what it cannot watch here, or None."""
-        if not self.missing:
-            return None
-        by_why: dict[str, list[str]] = {}
-        for probe, why in self.missing.items():
-            by_why.setdefault(why, []).append(probe)
-        parts = [f"{', '.join(sorted(p))} ({why})" for why, p in sorted(by_why.items())]
-        return "unavailable: " + "; ".join(parts)
+        return unavailable_line(self.missing)
 
 
-def _headers(feat: Features) -> None:
+@dataclass
+class _Draft(_Queries):
+    """The probe's working state; frozen into Features before anyone else sees it."""
+
+    tracefs: Path | None
+    formats: dict[str, TracepointFormat] = field(default_factory=dict)
+    available: dict[str, str] = field(default_factory=dict)  # probe -> what it attaches to
+    missing: dict[str, str] = field(default_factory=dict)    # probe -> why not
+    defines: dict[str, str | None] = field(default_factory=dict)
+    headers: str = "none"  # "running", "kheaders", "stand-in <dir>", "none"
+    header_cflags: list[str] = field(default_factory=list)
+    header_env: dict[str, str] = field(default_factory=dict)
+    ringbuf: bool = False
+
+    def freeze(self) -> Features:
+        return Features(
+            tracefs=self.tracefs, formats=MappingProxyType(dict(self.formats)),
+            available=MappingProxyType(dict(self.available)),
+            missing=MappingProxyType(dict(self.missing)),
+            defines=MappingProxyType(dict(self.defines)), headers=self.headers,
+            header_cflags=tuple(self.header_cflags),
+            header_env=MappingProxyType(dict(self.header_env)), ringbuf=self.ringbuf)
+
+
+@dataclass(frozen=True)
+class Features(_Queries):
+    """The probes this kernel allows, why the others are missing, and the build parameters:
+    what probe() saw, frozen. What only a load can learn (a kprobe the kernel refuses) is
+    the loaded Program's, never written back here."""
+
+    tracefs: Path | None
+    formats: Mapping[str, TracepointFormat]
+    available: Mapping[str, str]   # probe -> what it attaches to
+    missing: Mapping[str, str]     # probe -> why not
+    defines: Mapping[str, str | None]
+    headers: str                   # "running", "kheaders", "stand-in <dir>", "none"
+    header_cflags: tuple[str, ...]
+    header_env: Mapping[str, str]
+    ringbuf: bool
+
+    def but(self, *, defines: Mapping[str, str | None] | None = None,
+            available: Mapping[str, str] | None = None) -> Features:
+        """A copy with more defines or probes (the host test compiles every probe)."""
+        return replace(self,
+                       defines=MappingProxyType({**self.defines, **(defines or {})}),
+                       available=MappingProxyType({**self.available, **(available or {})}))
+
+
+def _headers(feat: _Draft) -> None:
     """Find kernel headers for bcc: the running kernel's, kheaders, or a stand-in for the
     tracepoint subset (only types like ``enum migrate_mode``; field layouts come from the
     running kernel's format files, which bcc reads itself)."""
@@ -147,7 +195,7 @@ def _headers(feat: Features) -> None:
     feat.headers = "none"
 
 
-def _foll_longterm(feat: Features) -> int | None:
+def _foll_longterm(feat: _Draft) -> int | None:
     """FOLL_LONGTERM's value: an enum in BTF on newer kernels, a #define in mm.h on 6.1."""
     b = _btf.vmlinux()
     if b is not None and "FOLL_LONGTERM" in b.enums:
@@ -188,7 +236,7 @@ def _fexit_ok(func: str) -> bool:
     return _trampolines()
 
 
-def _folio_layout(feat: Features) -> str | None:
+def _folio_layout(feat: _Draft) -> str | None:
     """-D values for reading a struct folio by offset; returns why not, or None."""
     b = _btf.vmlinux()
     if b is None:
@@ -220,16 +268,17 @@ def _folio_layout(feat: Features) -> str | None:
 
 
 def probe() -> Features:
-    """Look at the running kernel; never raises for a missing capability."""
+    """Look at the running kernel, once; never raises for a missing capability. The result
+    is frozen: a plan (rdmapin.trace.loader.plan) is made from it, never edits to it."""
     root = tracefs()
-    feat = Features(tracefs=root)
+    feat = _Draft(tracefs=root)
     _headers(feat)
     if root is None:
         if os.geteuid() != 0:
             feat.missing["all"] = "tracing needs root (tracefs is not readable)"
         else:
             feat.missing["all"] = f"tracefs not mounted ({MOUNT_TRACEFS})"
-        return feat
+        return feat.freeze()
     for name, tp, define, needed in TRACEPOINTS:
         fmt = read_format(root, tp)
         if fmt is None:
@@ -299,4 +348,4 @@ def probe() -> Features:
         for name in list(feat.available):
             feat.missing[name] = "no kernel headers for bcc"
         feat.available.clear()
-    return feat
+    return feat.freeze()

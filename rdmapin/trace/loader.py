@@ -8,12 +8,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from rdmapin import sources
 from rdmapin.errors import RdmapinError, UnsupportedError
 from rdmapin.kernel.tracefs import MOUNT_TRACEFS
-from rdmapin.trace.features import FOLIO_PROBES, KPROBES, PIN_PROBES, Features
+from rdmapin.trace.features import (
+    FOLIO_PROBES,
+    KPROBES,
+    PIN_PROBES,
+    Features,
+    unavailable_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,18 @@ class Program:
     kretfuncs: list[str] = field(default_factory=list)  # fexit programs (bcc attached them)
     tracepoints: list[str] = field(default_factory=list)
     paused: bool = False
+    plan: Plan | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # probe -> why the kernel refused
+
+    def has(self, probe: str) -> bool:
+        """The probe is attached: planned and not refused at load."""
+        return self.plan is not None and self.plan.has(probe) and probe not in self.refused
+
+    def unavailable_line(self) -> str | None:
+        """What the probe found missing and what the kernel refused at load, in one line."""
+        missing = dict(self.plan.missing) if self.plan else {}
+        missing.update(self.refused)
+        return unavailable_line(missing)
 
     def pause(self) -> None:
         """Detach every probe, keeping the compiled program, maps and buffer (bcc compiles in
@@ -89,15 +109,94 @@ def select_files(feat: Features) -> list[str]:
     return files
 
 
-def cflags(feat: Features, ringbuf: bool, extra: dict[str, str | None] | None = None) -> list[str]:
+@dataclass(frozen=True)
+class Plan:
+    """What a load will compile and attach, decided from Features alone (no bcc, no kernel
+    call): the files, the -D defines, the tracepoints and kprobes, the fexit programs. Doctor
+    and ``rdmapin trace --explain`` print it; ``load`` carries it out."""
+
+    files: tuple[str, ...]
+    defines: Mapping[str, str | None]
+    header_cflags: tuple[str, ...]
+    header_env: Mapping[str, str]
+    headers: str
+    ringbuf: bool
+    tracepoints: tuple[str, ...]                              # "category:event"
+    kprobes: tuple[tuple[str, str, tuple[tuple[str, bool], ...]], ...]  # (probe, func, fns)
+    fexit: tuple[str, ...]                                    # probes loaded as fexit
+    missing: Mapping[str, str]                                # probe -> why not (the probe's)
+    blocked: str | None = None                                # why nothing can load at all
+
+    def cflags(self, extra: Mapping[str, str | None] | None = None) -> list[str]:
+        defs = dict(self.defines)
+        defs.update(extra or {})
+        flags = [f"-I{sources.bpf_dir()}", *self.header_cflags]
+        return flags + [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in sorted(defs.items())]
+
+    def has(self, probe: str) -> bool:
+        return any(name == probe for name, _func, _fns in self.kprobes) or probe in self.fexit
+
+    def to_dict(self) -> dict:
+        return {"files": list(self.files), "tracepoints": list(self.tracepoints),
+                "kprobes": [func for _n, func, _f in self.kprobes], "fexit": list(self.fexit),
+                "ringbuf": self.ringbuf, "headers": self.headers,
+                "defines": dict(self.defines), "missing": dict(self.missing),
+                "blocked": self.blocked}
+
+    def lines(self) -> list[str]:
+        """The plan for people: one idea per line."""
+        if self.blocked:
+            return [f"nothing will load: {self.blocked}"]
+        out = [f"files       {', '.join(self.files) or '(none)'}",
+               f"tracepoints {len(self.tracepoints)}: {', '.join(self.tracepoints)}",
+               f"kprobes     {len(self.kprobes)}: "
+               + (", ".join(func for _n, func, _f in self.kprobes) or "(none)"),
+               f"fexit       {', '.join(self.fexit) or '(none)'}",
+               f"buffer      {'ring buffer' if self.ringbuf else 'perf buffer'} "
+               f"({RINGBUF_PAGES} pages)",
+               f"headers     {self.headers}"]
+        out += [f"missing     {name}: {why}" for name, why in sorted(self.missing.items())]
+        out.append("cflags      " + " ".join(self.cflags()))
+        return out
+
+
+def plan(feat: Features, *, ringbuf: bool | None = None, fexit: bool = True) -> Plan:
+    """The load ``feat`` allows: pure, so doctor, --explain and the tracer agree. ``fexit``
+    False turns the per-folio fexit programs into kprobe pairs (when the kernel refused
+    trampolines at load)."""
+    use_ring = feat.ringbuf if ringbuf is None else ringbuf
+    blocked = None
+    if feat.tracefs is None:
+        blocked = (f"tracefs is not mounted ({MOUNT_TRACEFS})" if os.geteuid() == 0
+                   else "tracefs is not readable by this user (trace as root)")
+    files = tuple(select_files(feat)) if blocked is None else ()
+    if blocked is None and not files:
+        blocked = ("no tracepoint this tracer needs is available "
+                   f"({feat.unavailable_line() or 'unknown reason'})")
     defs = dict(feat.defines)
+    fexit_names = tuple(n for n, d in FOLIO_PROBES.items()
+                        if fexit and d in defs and feat.has(n))
+    if not fexit:
+        for d in FOLIO_PROBES.values():
+            defs.pop(d, None)
     defs["RP_RINGBUF_PAGES"] = str(RINGBUF_PAGES)
-    if ringbuf:
+    if use_ring:
         defs["RP_RINGBUF"] = None
-    defs.update(extra or {})
-    flags = [f"-I{sources.bpf_dir()}", *feat.header_cflags]
-    flags += [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in sorted(defs.items())]
-    return flags
+    kprobes = tuple((name, func, tuple(fns)) for name, func, _d, fns in KPROBES
+                    if feat.has(name) and name not in fexit_names) if files else ()
+    tps = tuple(tp for name, tp in feat.available.items()
+                if not name.startswith(("folio", "umem", "pin"))) if files else ()
+    return Plan(files=files, defines=MappingProxyType(defs),
+                header_cflags=tuple(feat.header_cflags),
+                header_env=MappingProxyType(dict(feat.header_env)), headers=feat.headers,
+                ringbuf=use_ring, tracepoints=tps, kprobes=kprobes,
+                fexit=fexit_names if files else (), missing=MappingProxyType(dict(feat.missing)),
+                blocked=blocked)
+
+
+def cflags(feat: Features, ringbuf: bool, extra: dict[str, str | None] | None = None) -> list[str]:
+    """The compiler flags ``feat`` gives (a plan's, for callers that build by hand)."""
+    return plan(feat, ringbuf=ringbuf).cflags(extra)
 
 
 def source(files: list[str]) -> str:
@@ -109,62 +208,61 @@ def source(files: list[str]) -> str:
                    for name in [HEADER, *files])
 
 
-def load(feat: Features, *, ringbuf: bool | None = None,
+def load(target: Features | Plan, *, ringbuf: bool | None = None,
          extra: dict[str, str | None] | None = None) -> Program:
-    """Compile and attach; raises UnsupportedError when nothing can be watched here."""
+    """Compile and attach a plan (or the plan of ``target`` features); raises
+    UnsupportedError when nothing can be watched here. What the kernel refuses at load (an
+    fexit program, a kprobe) is recorded in ``Program.refused``; the plan and the features
+    it came from are never edited."""
     from bcc import BPF  # imported late: the CLI's --help must work without bcc
 
-    if feat.tracefs is None:
-        if os.geteuid() != 0:
+    pl = target if isinstance(target, Plan) else plan(target, ringbuf=ringbuf)
+    if pl.blocked:
+        if "not mounted" in pl.blocked:
+            # The tracer does not change the system's mounts: it says the one command.
+            raise UnsupportedError("tracefs is not mounted: the tracer reads tracepoint "
+                                   "formats and attaches through it", hint=MOUNT_TRACEFS)
+        if "not readable" in pl.blocked:
             raise UnsupportedError("tracefs is not readable by this user",
                                    hint="trace as root (or with CAP_BPF+CAP_PERFMON)")
-        # The tracer does not change the system's mounts: it says the one command that does.
-        raise UnsupportedError("tracefs is not mounted: the tracer reads tracepoint formats "
-                               "and attaches through it", hint=MOUNT_TRACEFS)
-    files = select_files(feat)
-    if not files:
-        raise UnsupportedError(
-            "no tracepoint this tracer needs is available "
-            f"({feat.unavailable_line() or 'unknown reason'})",
-            hint="mount tracefs and run as root; kernel headers are needed for bcc")
-    use_ring = feat.ringbuf if ringbuf is None else ringbuf
-    saved = {k: os.environ.get(k) for k in feat.header_env}
-    os.environ.update(feat.header_env)
+        raise UnsupportedError(pl.blocked,
+                               hint="mount tracefs and run as root; kernel headers are "
+                                    "needed for bcc")
+    refused: dict[str, str] = {}
+    saved = {k: os.environ.get(k) for k in pl.header_env}
+    os.environ.update(pl.header_env)
     try:
+        text = source(list(pl.files)).encode()
         try:
-            b = BPF(text=source(files).encode(), cflags=cflags(feat, use_ring, extra))
+            b = BPF(text=text, cflags=pl.cflags(extra))
         except Exception as e:
-            fexits = [d for d in FOLIO_PROBES.values() if d in feat.defines]
-            if not fexits:
+            if not pl.fexit:
                 raise
             # The kernel refused an fexit program (trampolines off, lockdown): kprobes then.
             log.warning("fexit refused (%s); using kprobe+kretprobe pairs", e)
-            for d in fexits:
-                feat.defines.pop(d)
-            b = BPF(text=source(files).encode(), cflags=cflags(feat, use_ring, extra))
+            for name in pl.fexit:
+                refused[f"fexit:{name}"] = f"fexit refused: {e}"
+            pl = _without_fexit(pl)
+            b = BPF(text=text, cflags=pl.cflags(extra))
     except Exception as e:  # bcc raises bare Exception on compile/load failures
-        raise RdmapinError(f"bcc could not build the tracer from {', '.join(files)}: {e}",
+        raise RdmapinError(f"bcc could not build the tracer from {', '.join(pl.files)}: {e}",
                            hint="run with -v for the compiler output; headers: "
-                           f"{feat.headers}") from e
+                           f"{pl.headers}") from e
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    prog = Program(bpf=b, files=files, ringbuf=use_ring)
+    prog = Program(bpf=b, files=list(pl.files), ringbuf=pl.ringbuf, plan=pl, refused=refused)
     prog.tracepoints = [tp.decode() if isinstance(tp, bytes) else tp
                         for tp in b.tracepoint_fds]
-    prog.attached = [feat.available[n] for n in feat.available
-                     if not n.startswith(("folio", "umem", "pin"))]
-    fexit = {n for n, d in FOLIO_PROBES.items() if d in feat.defines and n in feat.available}
-    for name, func, _define, fns in KPROBES:
-        if name not in feat.available:
-            continue
-        if name in fexit:  # bcc attached the fexit program while loading
-            prog.kretfuncs.append(func)
-            prog.attached.append(f"{func} (fexit)")
-            continue
+    prog.attached = list(pl.tracepoints)
+    for name in pl.fexit:  # bcc attached the fexit programs while loading
+        func = next(f for n, f, _d, _p in KPROBES if n == name)
+        prog.kretfuncs.append(func)
+        prog.attached.append(f"{func} (fexit)")
+    for name, func, fns in pl.kprobes:
         try:
             for fn, ret in fns:
                 if ret:
@@ -173,8 +271,15 @@ def load(feat: Features, *, ringbuf: bool | None = None,
                     b.attach_kprobe(event=func.encode(), fn_name=fn.encode())
                 prog.kprobes.append((func, fn, ret))
         except Exception as e:  # bcc: "Failed to attach BPF program ... to kprobe ..."
-            feat.available.pop(name, None)
-            feat.missing[name] = f"{func} refused the kprobe ({e})"
+            refused[name] = f"{func} refused the kprobe ({e})"
             continue
         prog.attached.append(func)
     return prog
+
+
+def _without_fexit(pl: Plan) -> Plan:
+    """The same plan with the fexit programs as kprobe pairs (after a refused load)."""
+    defs = {k: v for k, v in pl.defines.items() if k not in FOLIO_PROBES.values()}
+    extra = tuple((name, func, tuple(fns)) for name, func, _d, fns in KPROBES
+                  if name in pl.fexit)
+    return replace(pl, defines=MappingProxyType(defs), fexit=(), kprobes=pl.kprobes + extra)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import logging
 import os
 import threading
@@ -22,24 +21,19 @@ from typing import Any
 from rdmapin import registry
 from rdmapin.kernel import procfs, rdma_res
 from rdmapin.kernel.arch import PAGE_SIZE
+from rdmapin.trace import decode as _decode
 from rdmapin.trace import features as _features
 from rdmapin.trace import inventory as _inventory
 from rdmapin.trace import loader
 from rdmapin.trace.attribution import Owner, OwnerMap
-from rdmapin.trace.events import COUNTERS, VMSTAT_KEYS, Event, Kind
+from rdmapin.trace.events import COUNTERS, LAYOUT, VMSTAT_KEYS, Event, Kind
 from rdmapin.trace.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-# rp_event.f of a folio failure (enum rp_folio_stage, bpf/migrate.c): the step that refused
-STAGES = {0: "move", 1: "unmap"}
 POLL_MS = 50
 PIN_WATCH_S = 0.05  # how often the kernel's live registrations are looked at (Ledger.watch)
 PERF_PAGES = 1024
-
-
-def _errname(rc: int) -> str:
-    return errno.errorcode.get(-rc, str(rc)) if rc < 0 else ""
 
 
 class Tracer:
@@ -61,6 +55,7 @@ class Tracer:
         self.on_event = on_event
         self.free_scans = free_scans
         self.features: _features.Features | None = None
+        self.plan: loader.Plan | None = None
         self.program: loader.Program | None = None
         self.owners = OwnerMap()
         self.ledger = Ledger(self.owners)
@@ -76,9 +71,15 @@ class Tracer:
         self._t0_ns = 0
         self._tid_owners: dict[int, dict[int, Owner]] = {}
         self._registry_seen: set[tuple[str, int]] = set()
-        self._reasons: dict[int, str] = {}
-        self._status: dict[int, str] = {}
-        self._collapse: dict[int, str] = {}
+        self._names = _decode.Names()
+        self._attributors: dict[Kind, Callable[[Event, Any], None]] = {
+            Kind.MIGRATE: self._attribute_migrate, Kind.FOLIO_FAIL: self._attribute_folio,
+            Kind.ISOLATE_MIGRATE: self._attribute_scan, Kind.ISOLATE_FREE: self._attribute_scan,
+            Kind.ISOLATION_TEST: self._attribute_isolation,
+            Kind.UMEM_BEGIN: self._attribute_umem_begin, Kind.UMEM_GET: self._attribute_umem_get,
+            Kind.UMEM_RELEASE: self._attribute_umem_release,
+            Kind.PIN_LONGTERM: self._attribute_pin,
+        }
         self._table: Any = None
         self._umem_live: Any = None
         self._umem_gen: Any = None
@@ -89,18 +90,20 @@ class Tracer:
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> Tracer:
         self.features = _features.probe()
-        self._reasons = self.features.migrate_reasons
-        self._status = self.features.compaction_status
-        self._collapse = self.features.collapse_status
+        self._names = _decode.Names(self.features.migrate_reasons,
+                                    self.features.compaction_status,
+                                    self.features.collapse_status)
         extra = {"RP_EMIT_FREE_SCANS": None} if self.free_scans else None
-        self.program = loader.load(self.features, ringbuf=self.want_ringbuf, extra=extra)
+        self.plan = loader.plan(self.features, ringbuf=self.want_ringbuf)
+        self.program = loader.load(self.plan, extra=extra)
         self._t0_ns = time.monotonic_ns()
         self.started = time.time()
         b = self.program.bpf
         self._table = b[b"rp_events"]
-        if self.features.has("umem"):
+        LAYOUT.check_compiled(_compiled_fields(b, b"rp_events"))
+        if self.program.has("umem"):
             self._umem_live, self._umem_gen = b[b"rp_umem_live"], b[b"rp_umem_gen"]
-        if any(self.features.has(n) for n in _features.PIN_PROBES):
+        if any(self.program.has(n) for n in _features.PIN_PROBES):
             self._pin_recent, self._umem_gen = b[b"rp_pin_recent"], b[b"rp_umem_gen"]
         if self.program.ringbuf:
             self._table.open_ring_buffer(self._on_raw)
@@ -155,6 +158,8 @@ class Tracer:
 
     @property
     def unavailable(self) -> str | None:
+        if self.program is not None:
+            return self.program.unavailable_line()
         return self.features.unavailable_line() if self.features else None
 
     # draining ---------------------------------------------------------------------------
@@ -215,10 +220,11 @@ class Tracer:
         self._perf_lost += lost
 
     def _on_raw(self, _ctx: Any, data: Any, _size: int) -> None:
-        raw = self._table.event(data)
-        ev = self._decode(raw)
-        if ev is None:
-            return
+        r = _decode.record(data)
+        ev = _decode.decode(r, self._t0_ns, self._names)
+        attribute = self._attributors.get(ev.kind)
+        if attribute is not None:
+            attribute(ev, r)
         if len(self._events) == self._events.maxlen:
             self.events_dropped += 1
         self._events.append(ev)
@@ -237,7 +243,7 @@ class Tracer:
 
     def _refresh_registry(self) -> bool:
         """MRs this process registered since start, when no ledger (kprobes) saw them."""
-        if self.features is not None and self.features.has("umem"):
+        if self.program is not None and self.program.has("umem"):
             return False
         live = registry.live()
         new = [r for r in live if (r.device, r.lkey) not in self._registry_seen]
@@ -248,85 +254,58 @@ class Tracer:
                                         lkey=r.lkey, device=r.device))
         return bool(new)
 
-    def _decode(self, r: Any) -> Event | None:
-        kind = Kind(r.kind)
-        ev = Event(ts=(r.ts_ns - self._t0_ns) / 1e9, kind=kind, pid=r.pid, tid=r.tid,
-                   comm=r.comm.decode(errors="replace"), reason="")
-        if kind in (Kind.MIGRATE, Kind.FOLIO_FAIL) and r.reason >= 0:
-            ev.reason = self._reasons.get(r.reason, str(r.reason))
-        if kind == Kind.MIGRATE:
-            ev.detail = {"succeeded": r.a, "failed": r.b, "thp_succeeded": r.c,
-                         "thp_failed": r.d, "thp_split": r.e, "mode": r.mode,
-                         "latency_us": r.f / 1000 if r.f else None}
-            seen = self._tid_owners.pop(r.tid, {})
-            pending = self.ledger.registering(r.tid)
-            if pending is not None and ev.reason == "longterm_pin":
-                seen.setdefault(-1, pending)
-            ev.owners = list(seen.values())
-        elif kind == Kind.FOLIO_FAIL:
-            ev.pfn = r.a
-            ev.detail = {"order": r.b, "refcount": r.c, "mapcount": r.d, "pincount": r.e,
-                         "errno": _errname(r.ret), "stage": STAGES.get(r.f, str(r.f))}
-            o = self._lookup(r.a) or self.ledger.registering(r.tid)
-            if o is not None:
-                ev.owners = [o]
-                self._tid_owners.setdefault(r.tid, {})[o.ident] = o
-        elif kind in (Kind.COMPACT_BEGIN, Kind.COMPACT_END):
-            ev.pfn, ev.pfn_end = r.a, r.d
-            ev.detail = {"migrate_pfn": r.b, "free_pfn": r.c, "sync": bool(r.e)}
-            if kind == Kind.COMPACT_END:
-                ev.reason = self._status.get(r.ret, str(r.ret))
-                ev.detail["latency_us"] = r.f / 1000 if r.f else None
-        elif kind in (Kind.ISOLATE_MIGRATE, Kind.ISOLATE_FREE):
-            ev.pfn, ev.pfn_end = r.a, r.b
-            ev.detail = {"scanned": r.c, "taken": r.d}
-            hits = self.owners.in_range(r.a, r.b)
+    # Attribution: the ledger's and the owner map's part, after decoding. Each reads the
+    # decoded event and, of the record, only the generic fields (tid, pid, ts_ns, ret).
+    def _attribute_migrate(self, ev: Event, r: Any) -> None:
+        seen = self._tid_owners.pop(r.tid, {})
+        pending = self.ledger.registering(r.tid)
+        if pending is not None and ev.reason == "longterm_pin":
+            seen.setdefault(-1, pending)
+        ev.owners = list(seen.values())
+
+    def _attribute_folio(self, ev: Event, r: Any) -> None:
+        o = self._lookup(ev.pfn) or self.ledger.registering(r.tid)
+        if o is not None:
+            ev.owners = [o]
+            self._tid_owners.setdefault(r.tid, {})[o.ident] = o
+
+    def _attribute_scan(self, ev: Event, r: Any) -> None:
+        hits = self.owners.in_range(ev.pfn, ev.pfn_end)
+        ev.owners = [self.owners.owners[i] for i in hits]
+        ev.detail["pinned"] = sum(hits.values())
+
+    def _attribute_isolation(self, ev: Event, r: Any) -> None:
+        if not ev.detail["busy"]:
+            return
+        fin = ev.detail["fin_pfn"]
+        o = self._lookup(fin)
+        if o is not None:
+            ev.owners = [o]
+        else:
+            hits = self.owners.in_range(fin, ev.pfn_end)
             ev.owners = [self.owners.owners[i] for i in hits]
-            ev.detail["pinned"] = sum(hits.values())
-        elif kind == Kind.COMPACT_MIGRATE:
-            ev.detail = {"migrated": r.a, "failed": r.b}
-        elif kind == Kind.COMPACT_FINISHED:
-            ev.reason = self._status.get(r.ret, str(r.ret))
-            ev.detail = {"nid": r.a, "zone": r.b, "order": r.c}
-        elif kind == Kind.COMPACT_DEFERRED:
-            ev.detail = {"nid": r.a, "zone": r.b, "order": r.c, "considered": r.d,
-                         "defer_shift": r.e}
-        elif kind == Kind.ISOLATION_TEST:
-            busy = r.c < r.b
-            ev.pfn, ev.pfn_end = r.a, r.b
-            ev.reason = "busy" if busy else "isolated"
-            ev.detail = {"fin_pfn": r.c, "busy": busy}
-            if busy:
-                o = self._lookup(r.c)
-                if o is not None:
-                    ev.owners = [o]
-                else:
-                    hits = self.owners.in_range(r.c, r.b)
-                    ev.owners = [self.owners.owners[i] for i in hits]
-        elif kind == Kind.COLLAPSE:
-            ev.reason = self._collapse.get(r.ret, str(r.ret))
-            ev.detail = {"isolated": r.b}
-        elif kind == Kind.UMEM_BEGIN:
-            ev.pfn = None
-            ev.detail = {"addr": r.a, "length": r.b, "access": r.d}
-            ev.owners = [self.ledger.begin(r.tid, r.pid, ev.comm, r.a, r.b, r.ts_ns)]
-        elif kind == Kind.UMEM_GET:
-            ev.reason = _errname(r.ret)
-            ev.detail = {"addr": r.a, "length": r.b, "access": r.d, "umem": r.c}
+
+    def _attribute_umem_begin(self, ev: Event, r: Any) -> None:
+        d = ev.detail
+        ev.owners = [self.ledger.begin(r.tid, r.pid, ev.comm, d["addr"], d["length"], r.ts_ns)]
+
+    def _attribute_umem_get(self, ev: Event, r: Any) -> None:
+        d = ev.detail
+        with self._pins_lock:
+            o = self.ledger.got(r.tid, r.pid, ev.comm, d["addr"], d["length"], d["umem"], r.ret,
+                                r.ts_ns)
+        ev.owners = [o] if o else []
+
+    def _attribute_umem_release(self, ev: Event, r: Any) -> None:
+        o = self.ledger.release(ev.detail["umem"])
+        ev.owners = [o] if o else []
+
+    def _attribute_pin(self, ev: Event, r: Any) -> None:
+        d = ev.detail
+        if d["nr_pages"]:
             with self._pins_lock:
-                o = self.ledger.got(r.tid, r.pid, ev.comm, r.a, r.b, r.c, r.ret, r.ts_ns)
-            ev.owners = [o] if o else []
-        elif kind == Kind.UMEM_RELEASE:
-            ev.detail = {"umem": r.c}
-            o = self.ledger.release(r.c)
-            ev.owners = [o] if o else []
-        elif kind == Kind.PIN_LONGTERM:
-            ev.reason = _errname(r.ret)
-            ev.detail = {"addr": r.a, "nr_pages": r.b, "requested": r.c, "gup_flags": r.d}
-            if r.b:
-                with self._pins_lock:
-                    ev.owners = [self.ledger.pinned(r.pid, ev.comm, r.a, r.b, PAGE_SIZE, r.ts_ns)]
-        return ev
+                ev.owners = [self.ledger.pinned(r.pid, ev.comm, d["addr"], d["nr_pages"],
+                                                PAGE_SIZE, r.ts_ns)]
 
     def _wanted(self, ev: Event) -> bool:
         return self.pid is None or ev.pid == self.pid or any(o.pid == self.pid for o in ev.owners)
@@ -387,3 +366,12 @@ class Tracer:
         if self.program is None:
             return dict(getattr(self, "_final_hists", {}))
         return self._read_hists()
+
+
+def _compiled_fields(b: Any, table: bytes) -> list[str]:
+    """The fields of the struct the program submits to ``table``, as bcc's compiler recorded
+    them (``name#type``; what bcc's own ``table.event()`` would build its struct from)."""
+    from bcc.libbcc import lib
+
+    n = lib.bpf_perf_event_fields(b.module, table)
+    return [lib.bpf_perf_event_field(b.module, table, i).decode() for i in range(n)]

@@ -50,15 +50,13 @@ def test_every_probe_compiles_and_kprobe_programs_pass_the_verifier(monkeypatch)
     feat = _need_tracing()
     from bcc import BPF
 
-    feat.defines.update({d: None for _, _, d, _ in features.KPROBES})
-    feat.defines.update({"RP_STRUCT_PAGE_SIZE": "64", "RP_PAGE_REFCOUNT_OFF": "52",
-                         "RP_PAGE_MAPCOUNT_OFF": "48", "RP_PG_HEAD": "6",
-                         "RP_FOLIO_ORDER_OFF": "64", "RP_FOLIO_ORDER_MASK": "0xff",
-                         "RP_FOLIO_PINCOUNT_OFF": "92",
-                         "RP_VMEMMAP_START": "0xffffea0000000000UL",
-                         "RP_FOLL_LONGTERM": "0x10000"})
-    for name in ("folio_fail", "umem", "pin_fast"):
-        feat.available[name] = name
+    feat = feat.but(defines={d: None for _, _, d, _ in features.KPROBES} | {
+        "RP_STRUCT_PAGE_SIZE": "64", "RP_PAGE_REFCOUNT_OFF": "52",
+        "RP_PAGE_MAPCOUNT_OFF": "48", "RP_PG_HEAD": "6",
+        "RP_FOLIO_ORDER_OFF": "64", "RP_FOLIO_ORDER_MASK": "0xff",
+        "RP_FOLIO_PINCOUNT_OFF": "92", "RP_VMEMMAP_START": "0xffffea0000000000UL",
+        "RP_FOLL_LONGTERM": "0x10000"},
+        available={name: name for name in ("folio_fail", "umem", "pin_fast")})
     files = loader.select_files(feat)
     assert "pins.c" in files
     for k, v in feat.header_env.items():
