@@ -16,10 +16,10 @@ TRACEPOINT_PROBE(huge_memory, mm_collapse_huge_page)
 	rp_count(RPC_COLLAPSE_CALLS, 1);
 	if (args->status == RP_COLLAPSE_SUCCEEDED)
 		return 0;
-	rp_count(RPC_COLLAPSE_FAILS, 1);
+	rp_count(RPC_COLLAPSE_FAILURES, 1);
 	rp_init(&ev, RP_COLLAPSE);
-	ev.a = (u64)args->mm;
-	ev.b = args->isolated;
+	ev.collapse.mm = (u64)args->mm;
+	ev.collapse.isolated = args->isolated;
 	ev.ret = args->status;
 	rp_emit(args, &ev);
 	return 0;

@@ -26,13 +26,13 @@ TRACEPOINT_PROBE(compaction, mm_compaction_begin)
 	struct rp_event ev;
 
 	rp_compact_inflight.update(&tid, &ts);
-	rp_count(RPC_COMPACT_RUNS, 1);
+	rp_count(RPC_COMPACTION_RUNS, 1);
 	rp_init(&ev, RP_COMPACT_BEGIN);
-	ev.a = args->zone_start;
-	ev.b = args->migrate_pfn;
-	ev.c = args->free_pfn;
-	ev.d = args->zone_end;
-	ev.e = args->sync;
+	ev.compact.zone_start = args->zone_start;
+	ev.compact.migrate_pfn = args->migrate_pfn;
+	ev.compact.free_pfn = args->free_pfn;
+	ev.compact.zone_end = args->zone_end;
+	ev.compact.sync = args->sync;
 	rp_emit(args, &ev);
 	return 0;
 }
@@ -44,15 +44,15 @@ TRACEPOINT_PROBE(compaction, mm_compaction_end)
 	struct rp_event ev;
 
 	rp_init(&ev, RP_COMPACT_END);
-	ev.a = args->zone_start;
-	ev.b = args->migrate_pfn;
-	ev.c = args->free_pfn;
-	ev.d = args->zone_end;
-	ev.e = args->sync;
+	ev.compact.zone_start = args->zone_start;
+	ev.compact.migrate_pfn = args->migrate_pfn;
+	ev.compact.free_pfn = args->free_pfn;
+	ev.compact.zone_end = args->zone_end;
+	ev.compact.sync = args->sync;
 	ev.ret = args->status;
 	if (start) {
-		ev.f = ev.ts_ns - *start;
-		rp_compact_lat_us.increment(bpf_log2l(ev.f / 1000));
+		ev.compact.latency_ns = ev.ts_ns - *start;
+		rp_compact_lat_us.increment(bpf_log2l(ev.compact.latency_ns / 1000));
 		rp_compact_inflight.delete(&tid);
 	}
 	rp_emit(args, &ev);
@@ -66,10 +66,10 @@ TRACEPOINT_PROBE(compaction, mm_compaction_isolate_migratepages)
 	rp_count(RPC_COMPACT_MIGRATE_SCANNED, args->nr_scanned);
 	rp_count(RPC_COMPACT_ISOLATED, args->nr_taken);
 	rp_init(&ev, RP_ISOLATE_MIGRATE);
-	ev.a = args->start_pfn;
-	ev.b = args->end_pfn;
-	ev.c = args->nr_scanned;
-	ev.d = args->nr_taken;
+	ev.scan.start_pfn = args->start_pfn;
+	ev.scan.end_pfn = args->end_pfn;
+	ev.scan.nr_scanned = args->nr_scanned;
+	ev.scan.nr_taken = args->nr_taken;
 	rp_emit(args, &ev);
 	return 0;
 }
@@ -82,10 +82,10 @@ TRACEPOINT_PROBE(compaction, mm_compaction_isolate_freepages)
 	struct rp_event ev;
 
 	rp_init(&ev, RP_ISOLATE_FREE);
-	ev.a = args->start_pfn;
-	ev.b = args->end_pfn;
-	ev.c = args->nr_scanned;
-	ev.d = args->nr_taken;
+	ev.scan.start_pfn = args->start_pfn;
+	ev.scan.end_pfn = args->end_pfn;
+	ev.scan.nr_scanned = args->nr_scanned;
+	ev.scan.nr_taken = args->nr_taken;
 	rp_emit(args, &ev);
 #endif
 	return 0;
@@ -104,11 +104,11 @@ TRACEPOINT_PROBE(compaction, mm_compaction_migratepages)
 {
 	struct rp_event ev;
 
-	rp_count(RPC_COMPACT_MIGRATED, args->nr_migrated);
-	rp_count(RPC_COMPACT_MIGRATE_FAILED, args->nr_failed);
+	rp_count(RPC_COMPACTION_MIGRATED, args->nr_migrated);
+	rp_count(RPC_COMPACTION_MIGRATE_FAILED, args->nr_failed);
 	rp_init(&ev, RP_COMPACT_MIGRATE);
-	ev.a = args->nr_migrated;
-	ev.b = args->nr_failed;
+	ev.compact_migrate.nr_migrated = args->nr_migrated;
+	ev.compact_migrate.nr_failed = args->nr_failed;
 	rp_emit(args, &ev);
 	return 0;
 }
@@ -119,9 +119,9 @@ TRACEPOINT_PROBE(compaction, mm_compaction_finished)
 	struct rp_event ev;
 
 	rp_init(&ev, RP_COMPACT_FINISHED);
-	ev.a = args->nid;
-	ev.b = args->idx;
-	ev.c = args->order;
+	ev.finished.nid = args->nid;
+	ev.finished.zone = args->idx;
+	ev.finished.order = args->order;
 	ev.ret = args->ret;
 	rp_emit(args, &ev);
 	return 0;
@@ -133,13 +133,13 @@ TRACEPOINT_PROBE(compaction, mm_compaction_deferred)
 {
 	struct rp_event ev;
 
-	rp_count(RPC_COMPACT_DEFERRED, 1);
+	rp_count(RPC_COMPACTION_DEFERRED, 1);
 	rp_init(&ev, RP_COMPACT_DEFERRED);
-	ev.a = args->nid;
-	ev.b = args->idx;
-	ev.c = args->order;
-	ev.d = args->considered;
-	ev.e = args->defer_shift;
+	ev.deferred.nid = args->nid;
+	ev.deferred.zone = args->idx;
+	ev.deferred.order = args->order;
+	ev.deferred.considered = args->considered;
+	ev.deferred.defer_shift = args->defer_shift;
 	rp_emit(args, &ev);
 	return 0;
 }

@@ -14,11 +14,11 @@ TRACEPOINT_PROBE(page_isolation, test_pages_isolated)
 	int failed = args->fin_pfn < args->end_pfn;
 
 	rp_count(RPC_ISOLATION_TESTS, 1);
-	rp_count(RPC_ISOLATION_FAILS, failed);
+	rp_count(RPC_ISOLATION_FAILURES, failed);
 	rp_init(&ev, RP_ISOLATION_TEST);
-	ev.a = args->start_pfn;
-	ev.b = args->end_pfn;
-	ev.c = args->fin_pfn;
+	ev.isolation.start_pfn = args->start_pfn;
+	ev.isolation.end_pfn = args->end_pfn;
+	ev.isolation.fin_pfn = args->fin_pfn;
 	ev.ret = failed ? -RP_EBUSY : 0;
 	rp_emit(args, &ev);
 	return 0;

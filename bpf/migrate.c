@@ -11,7 +11,7 @@
  *                extra references refuse the move (pinned shmem and page cache: -EAGAIN).
  *         The kernel tries a refused folio up to NR_MAX_MIGRATE_PAGES_RETRY (10) times in one
  *         migrate_pages call and counts it once in pgmigrate_fail; so is it here: the first
- *         refused attempt of a folio in a call is the event (and RPC_FOLIO_FAILS), the
+ *         refused attempt of a folio in a call is the event (and RPC_FOLIO_FAILURES), the
  *         call's further attempts on it only count (RPC_FOLIO_RETRIES). Ten events per
  *         pinned page overflowed a 16 MiB ring for one 64 MiB MR and took minutes to drain.
  * -D parameters (rdmapin.trace.loader, from rdmapin.trace.features):
@@ -61,24 +61,24 @@ TRACEPOINT_PROBE(migrate, mm_migrate_pages)
 	struct rp_migrate_call *call = rp_migrate_inflight.lookup(&tid);
 	struct rp_event ev;
 
-	rp_count(RPC_MIGRATE_SUCCEEDED, args->succeeded);
-	rp_count(RPC_MIGRATE_FAILED, args->failed);
-	rp_count(RPC_THP_SUCCEEDED, args->thp_succeeded);
-	rp_count(RPC_THP_FAILED, args->thp_failed);
-	rp_count(RPC_THP_SPLIT, args->thp_split);
+	rp_count(RPC_PGMIGRATE_SUCCESS, args->succeeded);
+	rp_count(RPC_PGMIGRATE_FAIL, args->failed);
+	rp_count(RPC_THP_MIGRATION_SUCCESS, args->thp_succeeded);
+	rp_count(RPC_THP_MIGRATION_FAIL, args->thp_failed);
+	rp_count(RPC_THP_MIGRATION_SPLIT, args->thp_split);
 	rp_count(RPC_MIGRATE_CALLS, 1);
 
 	rp_init(&ev, RP_MIGRATE);
 	ev.reason = args->reason;
 	ev.mode = args->mode;
-	ev.a = args->succeeded;
-	ev.b = args->failed;
-	ev.c = args->thp_succeeded;
-	ev.d = args->thp_failed;
-	ev.e = args->thp_split;
+	ev.migrate.succeeded = args->succeeded;
+	ev.migrate.failed = args->failed;
+	ev.migrate.thp_succeeded = args->thp_succeeded;
+	ev.migrate.thp_failed = args->thp_failed;
+	ev.migrate.thp_split = args->thp_split;
 	if (call) {
-		ev.f = ev.ts_ns - call->ts_ns;
-		rp_migrate_lat_us.increment(bpf_log2l(ev.f / 1000));
+		ev.migrate.latency_ns = ev.ts_ns - call->ts_ns;
+		rp_migrate_lat_us.increment(bpf_log2l(ev.migrate.latency_ns / 1000));
 		rp_migrate_inflight.delete(&tid);
 	}
 	rp_emit(args, &ev);
@@ -90,10 +90,6 @@ struct folio;
 struct vm_area_struct;
 
 #define RP_EAGAIN 11
-enum rp_folio_stage {	/* rp_event.f of RP_FOLIO_FAIL */
-	RP_STAGE_MOVE = 0,	/* move_to_new_folio refused */
-	RP_STAGE_UNMAP = 1,	/* try_to_migrate_one could not unmap */
-};
 
 static __always_inline u64 rp_vmemmap(void)
 {
@@ -143,14 +139,14 @@ static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc, u32 stage
 		}
 		rp_folio_seen.update(&src, &now);
 	}
-	rp_count(RPC_FOLIO_FAILS, 1);
+	rp_count(RPC_FOLIO_FAILURES, 1);
 	rp_init(&ev, RP_FOLIO_FAIL);
 	ev.ret = rc;
 	if (call) {
 		ev.reason = call->reason;
 		ev.mode = call->mode;
 	}
-	ev.a = (src - rp_vmemmap()) / RP_STRUCT_PAGE_SIZE;
+	ev.folio.pfn = (src - rp_vmemmap()) / RP_STRUCT_PAGE_SIZE;
 	bpf_probe_read_kernel(&flags, sizeof(flags), (void *)src);
 	bpf_probe_read_kernel(&refcount, sizeof(refcount), (void *)(src + RP_PAGE_REFCOUNT_OFF));
 	bpf_probe_read_kernel(&mapcount, sizeof(mapcount), (void *)(src + RP_PAGE_MAPCOUNT_OFF));
@@ -166,11 +162,11 @@ static __always_inline int rp_folio_failed(void *ctx, u64 src, int rc, u32 stage
 	} else {
 		pincount = (u32)refcount / RP_GUP_PIN_COUNTING_BIAS;	/* unsigned: BPF has no sdiv */
 	}
-	ev.b = order;
-	ev.c = refcount;
-	ev.d = mapcount + 1;	/* _mapcount starts at -1 */
-	ev.e = pincount;
-	ev.f = stage;
+	ev.folio.order = order;
+	ev.folio.refcount = refcount;
+	ev.folio.mapcount = mapcount + 1;	/* _mapcount starts at -1 */
+	ev.folio.pincount = pincount;
+	ev.folio.stage = stage;
 	rp_emit(ctx, &ev);
 	return 0;
 }

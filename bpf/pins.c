@@ -82,9 +82,9 @@ int rp_umem_get(struct pt_regs *ctx)
 
 	rp_umem_inflight.update(&tid, &call);
 	rp_init(&ev, RP_UMEM_BEGIN);
-	ev.a = call.addr;
-	ev.b = call.size;
-	ev.d = call.access;
+	ev.umem.addr = call.addr;
+	ev.umem.size = call.size;
+	ev.umem.access = call.access;
 	rp_emit(ctx, &ev);
 	return 0;
 }
@@ -99,21 +99,22 @@ int rp_umem_get_ret(struct pt_regs *ctx)
 	if (!call)
 		return 0;
 	rp_init(&ev, RP_UMEM_GET);
-	ev.a = call->addr;
-	ev.b = call->size;
-	ev.d = call->access;
+	ev.umem.addr = call->addr;
+	ev.umem.size = call->size;
+	ev.umem.access = call->access;
 	rp_umem_inflight.delete(&tid);
 	if (umem < 0 && umem >= -4095) {	/* IS_ERR() */
 		ev.ret = umem;
 	} else {
 		struct rp_umem_live live = {
-			.ts_ns = ev.ts_ns, .addr = ev.a, .size = ev.b, .pid = ev.pid, .pad = 0,
+			.ts_ns = ev.ts_ns, .addr = ev.umem.addr, .size = ev.umem.size,
+			.pid = ev.pid, .pad = 0,
 		};
 		u64 key = umem;
 
-		ev.c = umem;
+		ev.umem.umem = umem;
 		rp_count(RPC_UMEM_GETS, 1);
-		rp_count(RPC_UMEM_BYTES, ev.b);
+		rp_count(RPC_UMEM_BYTES, ev.umem.size);
 		rp_umem_live.update(&key, &live);
 		rp_gen_bump();
 	}
@@ -132,7 +133,7 @@ int rp_umem_release(struct pt_regs *ctx)
 	rp_umem_live.delete(&umem);
 	rp_count(RPC_UMEM_RELEASES, 1);
 	rp_init(&ev, RP_UMEM_RELEASE);
-	ev.c = umem;
+	ev.umem.umem = umem;
 	rp_emit(ctx, &ev);
 	return 0;
 }
@@ -159,20 +160,20 @@ int rp_pin_ret(struct pt_regs *ctx)
 	if (!call)
 		return 0;
 	rp_init(&ev, RP_PIN_LONGTERM);
-	ev.a = call->start;
-	ev.b = pinned > 0 ? pinned : 0;
-	ev.c = call->nr_pages;
-	ev.d = call->gup_flags;
+	ev.pin.start = call->start;
+	ev.pin.nr_pages = pinned > 0 ? pinned : 0;
+	ev.pin.requested = call->nr_pages;
+	ev.pin.gup_flags = call->gup_flags;
 	rp_pin_inflight.delete(&tid);
 	if (pinned < 0) {
 		ev.ret = pinned;
 	} else if (pinned > 0) {
 		struct rp_pin_done done = {
-			.start = ev.a, .nr_pages = ev.b, .pid = ev.pid, .pad = 0,
+			.start = ev.pin.start, .nr_pages = ev.pin.nr_pages, .pid = ev.pid, .pad = 0,
 		};
 		u64 key = ev.ts_ns;
 
-		rp_count(RPC_PIN_LONGTERM, ev.b);
+		rp_count(RPC_LONGTERM_PINS, ev.pin.nr_pages);
 		rp_pin_recent.update(&key, &done);
 		rp_gen_bump();
 	}

@@ -1,6 +1,6 @@
-/* One event record and one counter layout, shared by every rdmapin probe (bpf/ files) and read
- * by rdmapin.trace (which takes the struct's layout from the compiled program, so the two
- * sides cannot drift). Included once per program: the loader concatenates the bpf/ files.
+/* One event record and one counter layout, shared by every rdmapin probe (bpf/ files) and by
+ * rdmapin.trace, which reads them from this file. Included once per program: the loader
+ * concatenates the bpf/ files.
  *
  * Build-time parameters (-D, set by rdmapin.trace.loader from what the kernel offers):
  *   RP_RINGBUF            use a BPF ring buffer (else a perf buffer)
@@ -22,63 +22,171 @@
 #define RP_TID_SLOTS 4096
 #endif
 
+/* The event layout, in one place: this file. rdmapin.trace.layout reads enum rp_kind,
+ * enum rp_folio_stage, enum rp_counter, the per-kind structs and struct rp_event from it (one
+ * declaration per line, as written here), builds the record the user side decodes from them
+ * and checks its size against RP_EVENT_SIZE, as the compiler does below.
+ *
+ * Every event has the generic fields of struct rp_event; what else it carries is the union
+ * member whose comment names its kind. The kind's comment says where it comes from and what
+ * ret (and reason, mode) mean for it; a generic field it does not set stays 0 (-1 reason).
+ */
 enum rp_kind {
-	RP_MIGRATE = 1,		/* migrate:mm_migrate_pages: a=succeeded b=failed c=thp_ok d=thp_fail e=thp_split f=latency ns */
-	RP_FOLIO_FAIL,		/* one refused attempt to migrate a folio: a=pfn b=order c=refcount d=mapcount e=pincount
-			 * f=stage (0 move_to_new_folio < 0, 1 try_to_migrate_one could not unmap), ret=-errno */
-	RP_COMPACT_BEGIN,	/* compaction:mm_compaction_begin: a=zone_start b=migrate_pfn c=free_pfn d=zone_end e=sync */
-	RP_COMPACT_END,		/* compaction:mm_compaction_end: same, ret=status, f=latency ns */
-	RP_ISOLATE_MIGRATE,	/* mm_compaction_isolate_migratepages: a=start_pfn b=end_pfn c=nr_scanned d=nr_taken */
-	RP_ISOLATE_FREE,	/* mm_compaction_isolate_freepages (+ fast_): same fields */
-	RP_COMPACT_MIGRATE,	/* mm_compaction_migratepages: a=nr_migrated b=nr_failed */
-	RP_COMPACT_FINISHED,	/* mm_compaction_finished: a=nid b=zone idx c=order, ret=status */
-	RP_COMPACT_DEFERRED,	/* mm_compaction_deferred: a=nid b=zone idx c=order d=considered e=defer_shift */
-	RP_ISOLATION_TEST,	/* page_isolation:test_pages_isolated: a=start_pfn b=end_pfn c=fin_pfn, ret=-EBUSY on failure */
-	RP_COLLAPSE,		/* huge_memory:mm_collapse_huge_page: b=isolated, ret=status */
-	RP_UMEM_BEGIN,		/* ib_umem_get entry: a=addr b=size d=access */
-	RP_UMEM_GET,		/* ib_umem_get return: a=addr b=size c=umem d=access, ret=0 or -errno */
-	RP_UMEM_RELEASE,	/* ib_umem_release: c=umem */
-	RP_PIN_LONGTERM,	/* pin_user_pages*(FOLL_LONGTERM) outside ib_umem_get: a=start b=nr_pages d=gup_flags */
+	RP_MIGRATE = 1,		/* migrate:mm_migrate_pages; reason, mode */
+	RP_FOLIO_FAIL,		/* one refused attempt to migrate a folio; ret=-errno,
+				 * reason and mode of its migrate_pages call when known */
+	RP_COMPACT_BEGIN,	/* compaction:mm_compaction_begin */
+	RP_COMPACT_END,		/* compaction:mm_compaction_end; ret=status */
+	RP_ISOLATE_MIGRATE,	/* compaction:mm_compaction_isolate_migratepages */
+	RP_ISOLATE_FREE,	/* compaction:mm_compaction_isolate_freepages (+ fast_) */
+	RP_COMPACT_MIGRATE,	/* compaction:mm_compaction_migratepages */
+	RP_COMPACT_FINISHED,	/* compaction:mm_compaction_finished; ret=status */
+	RP_COMPACT_DEFERRED,	/* compaction:mm_compaction_deferred */
+	RP_ISOLATION_TEST,	/* page_isolation:test_pages_isolated; ret=-EBUSY on failure */
+	RP_COLLAPSE,		/* huge_memory:mm_collapse_huge_page that failed; ret=status */
+	RP_UMEM_BEGIN,		/* ib_umem_get entry */
+	RP_UMEM_GET,		/* ib_umem_get return; ret=0 or -errno */
+	RP_UMEM_RELEASE,	/* ib_umem_release */
+	RP_PIN_LONGTERM,	/* pin_user_pages*(FOLL_LONGTERM) outside ib_umem_get; ret=-errno */
+};
+
+enum rp_folio_stage {		/* struct rp_folio.stage: the step that refused the folio */
+	RP_STAGE_MOVE = 0,	/* move_to_new_folio < 0 */
+	RP_STAGE_UNMAP = 1,	/* try_to_migrate_one could not unmap it */
+};
+
+struct rp_migrate {
+	u64 succeeded;
+	u64 failed;
+	u64 thp_succeeded;
+	u64 thp_failed;
+	u64 thp_split;
+	u64 latency_ns;		/* since mm_migrate_pages_start; 0 when not seen */
+};
+
+struct rp_folio {
+	u64 pfn;
+	u64 order;
+	u64 refcount;
+	u64 mapcount;		/* _mapcount + 1 */
+	u64 pincount;
+	u64 stage;		/* enum rp_folio_stage */
+};
+
+struct rp_compact {
+	u64 zone_start;
+	u64 migrate_pfn;
+	u64 free_pfn;
+	u64 zone_end;
+	u64 sync;
+	u64 latency_ns;		/* RP_COMPACT_END: since its begin; 0 when not seen */
+};
+
+struct rp_scan {
+	u64 start_pfn;
+	u64 end_pfn;
+	u64 nr_scanned;
+	u64 nr_taken;
+};
+
+struct rp_compact_migrate {
+	u64 nr_migrated;
+	u64 nr_failed;
+};
+
+struct rp_compact_finished {
+	u64 nid;
+	u64 zone;		/* zone index */
+	u64 order;
+};
+
+struct rp_compact_deferred {
+	u64 nid;
+	u64 zone;		/* zone index */
+	u64 order;
+	u64 considered;
+	u64 defer_shift;
+};
+
+struct rp_isolation_test {
+	u64 start_pfn;
+	u64 end_pfn;
+	u64 fin_pfn;		/* the first PFN still busy; end_pfn when all isolated */
+};
+
+struct rp_collapse {
+	u64 mm;
+	u64 isolated;
+};
+
+struct rp_umem {
+	u64 addr;
+	u64 size;
+	u64 umem;		/* struct ib_umem *; 0 at the entry and on failure */
+	u64 access;
+};
+
+struct rp_pin {
+	u64 start;
+	u64 nr_pages;		/* pinned: the call's return, 0 on failure */
+	u64 requested;
+	u64 gup_flags;
 };
 
 struct rp_event {
 	u64 ts_ns;
-	u32 pid;	/* tgid of the task the kernel ran this in */
+	u32 pid;		/* tgid of the task the kernel ran this in */
 	u32 tid;
 	char comm[RP_COMM_LEN];
-	u32 kind;	/* enum rp_kind */
-	s32 reason;	/* migrate reason (enum names from the format file), -1 when unknown */
-	s32 ret;	/* status / -errno, kind-specific */
+	u32 kind;		/* enum rp_kind */
+	s32 reason;		/* migrate reason (names from the format file), -1 if unknown */
+	s32 ret;		/* status / -errno, kind-specific */
 	u32 mode;
-	u64 a, b, c, d, e, f;
+	union {			/* by kind: the member whose comment names it */
+		struct rp_migrate migrate;		/* RP_MIGRATE */
+		struct rp_folio folio;			/* RP_FOLIO_FAIL */
+		struct rp_compact compact;		/* RP_COMPACT_BEGIN, RP_COMPACT_END */
+		struct rp_scan scan;			/* RP_ISOLATE_MIGRATE, RP_ISOLATE_FREE */
+		struct rp_compact_migrate compact_migrate;	/* RP_COMPACT_MIGRATE */
+		struct rp_compact_finished finished;	/* RP_COMPACT_FINISHED */
+		struct rp_compact_deferred deferred;	/* RP_COMPACT_DEFERRED */
+		struct rp_isolation_test isolation;	/* RP_ISOLATION_TEST */
+		struct rp_collapse collapse;		/* RP_COLLAPSE */
+		struct rp_umem umem;	/* RP_UMEM_BEGIN, RP_UMEM_GET, RP_UMEM_RELEASE */
+		struct rp_pin pin;			/* RP_PIN_LONGTERM */
+	};
 };
 
-/* Totals that must agree with /proc/vmstat, summed per CPU by the user side. */
+#define RP_EVENT_SIZE 96
+_Static_assert(sizeof(struct rp_event) == RP_EVENT_SIZE, "struct rp_event changed size");
+
+/* Totals summed per CPU by the user side, named there as here without RPC_ and in lower
+ * case; "[vmstat]" marks the ones that must equal /proc/vmstat's counter of that name. */
 enum rp_counter {
-	RPC_MIGRATE_SUCCEEDED,	/* pgmigrate_success */
-	RPC_MIGRATE_FAILED,	/* pgmigrate_fail */
-	RPC_THP_SUCCEEDED,	/* thp_migration_success */
-	RPC_THP_FAILED,		/* thp_migration_fail */
-	RPC_THP_SPLIT,		/* thp_migration_split */
+	RPC_PGMIGRATE_SUCCESS,		/* [vmstat] */
+	RPC_PGMIGRATE_FAIL,		/* [vmstat] */
+	RPC_THP_MIGRATION_SUCCESS,	/* [vmstat] */
+	RPC_THP_MIGRATION_FAIL,		/* [vmstat] */
+	RPC_THP_MIGRATION_SPLIT,	/* [vmstat] */
 	RPC_MIGRATE_CALLS,
-	RPC_COMPACT_MIGRATE_SCANNED,	/* compact_migrate_scanned */
-	RPC_COMPACT_FREE_SCANNED,	/* compact_free_scanned */
-	RPC_COMPACT_ISOLATED,		/* compact_isolated */
-	RPC_COMPACT_RUNS,
-	RPC_COMPACT_MIGRATED,
-	RPC_COMPACT_MIGRATE_FAILED,
-	RPC_COMPACT_DEFERRED,
-	RPC_FOLIO_FAILS,	/* folios refused, once per migrate_pages call (the events) */
-	RPC_FOLIO_RETRIES,	/* that call's further refused attempts on them (not events) */
+	RPC_COMPACT_MIGRATE_SCANNED,	/* [vmstat] */
+	RPC_COMPACT_FREE_SCANNED,	/* [vmstat] */
+	RPC_COMPACT_ISOLATED,		/* [vmstat] */
+	RPC_COMPACTION_RUNS,
+	RPC_COMPACTION_MIGRATED,
+	RPC_COMPACTION_MIGRATE_FAILED,
+	RPC_COMPACTION_DEFERRED,
+	RPC_FOLIO_FAILURES,		/* folios refused, once per migrate_pages call (events) */
+	RPC_FOLIO_RETRIES,		/* that call's further refused attempts (not events) */
 	RPC_ISOLATION_TESTS,
-	RPC_ISOLATION_FAILS,
+	RPC_ISOLATION_FAILURES,
 	RPC_COLLAPSE_CALLS,
-	RPC_COLLAPSE_FAILS,
+	RPC_COLLAPSE_FAILURES,
 	RPC_UMEM_GETS,
 	RPC_UMEM_BYTES,
 	RPC_UMEM_RELEASES,
-	RPC_PIN_LONGTERM,
-	RPC_LOST,		/* events the buffer refused: reported, never silent */
+	RPC_LONGTERM_PINS,
+	RPC_LOST_EVENTS,		/* events the buffer refused: reported, never silent */
 	RPC_NR,
 };
 
@@ -115,10 +223,10 @@ static __always_inline void rp_emit(void *ctx, struct rp_event *ev)
 {
 #ifdef RP_RINGBUF
 	if (rp_events.ringbuf_output(ev, sizeof(*ev), 0) < 0)
-		rp_count(RPC_LOST, 1);
+		rp_count(RPC_LOST_EVENTS, 1);
 #else
 	if (rp_events.perf_submit(ctx, ev, sizeof(*ev)) < 0)
-		rp_count(RPC_LOST, 1);
+		rp_count(RPC_LOST_EVENTS, 1);
 #endif
 }
 #endif /* RP_USER_SIDE */

@@ -1,5 +1,9 @@
 """Decoded tracer events: one record type for the live view, JSON lines and summaries.
-Kind numbers and counter slots mirror bpf/rdmapin_events.h."""
+
+Kinds and counters are read from bpf/rdmapin_events.h (rdmapin.trace.layout), never
+mirrored: ``Kind`` is its enum rp_kind without the RP_ prefix, ``COUNTERS`` its enum
+rp_counter (the keys of ``Tracer.totals()``), ``VMSTAT_KEYS`` the counters it marks as
+equal to /proc/vmstat's of the same name."""
 
 from __future__ import annotations
 
@@ -7,38 +11,18 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from rdmapin.trace import layout as _layout
 from rdmapin.trace.attribution import Owner
 
+LAYOUT = _layout.load()
 
-class Kind(enum.IntEnum):
-    MIGRATE = 1
-    FOLIO_FAIL = 2
-    COMPACT_BEGIN = 3
-    COMPACT_END = 4
-    ISOLATE_MIGRATE = 5
-    ISOLATE_FREE = 6
-    COMPACT_MIGRATE = 7
-    COMPACT_FINISHED = 8
-    COMPACT_DEFERRED = 9
-    ISOLATION_TEST = 10
-    COLLAPSE = 11
-    UMEM_BEGIN = 12
-    UMEM_GET = 13
-    UMEM_RELEASE = 14
-    PIN_LONGTERM = 15
-
+Kind = enum.IntEnum("Kind", LAYOUT.kinds, module=__name__, qualname="Kind")
+Kind.__doc__ = "enum rp_kind of bpf/rdmapin_events.h, without RP_ (Kind.FOLIO_FAIL)."
 
 # enum rp_counter order -> the name used in totals(); vmstat names where the kernel keeps
 # the same count, so a test can compare key by key.
-COUNTERS = (
-    "pgmigrate_success", "pgmigrate_fail", "thp_migration_success", "thp_migration_fail",
-    "thp_migration_split", "migrate_calls", "compact_migrate_scanned", "compact_free_scanned",
-    "compact_isolated", "compaction_runs", "compaction_migrated", "compaction_migrate_failed",
-    "compaction_deferred", "folio_failures", "folio_retries", "isolation_tests",
-    "isolation_failures", "collapse_calls", "collapse_failures", "umem_gets", "umem_bytes",
-    "umem_releases", "longterm_pins", "lost_events",
-)
-VMSTAT_KEYS = COUNTERS[:5] + COUNTERS[6:9]
+COUNTERS = tuple(c.name for c in LAYOUT.counters)
+VMSTAT_KEYS = tuple(c.name for c in LAYOUT.counters if c.vmstat)
 
 # Display names for the EVENT column.
 EVENT_NAMES = {

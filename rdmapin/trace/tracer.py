@@ -100,7 +100,7 @@ class Tracer:
         self.started = time.time()
         b = self.program.bpf
         self._table = b[b"rp_events"]
-        LAYOUT.check_compiled(_compiled_fields(b, b"rp_events"))
+        self._check_layout()
         if self.program.has("umem"):
             self._umem_live, self._umem_gen = b[b"rp_umem_live"], b[b"rp_umem_gen"]
         if any(self.program.has(n) for n in _features.PIN_PROBES):
@@ -122,6 +122,16 @@ class Tracer:
                                                  daemon=True)
             self._pins_thread.start()
         return self
+
+    def _check_layout(self) -> None:
+        """The program submits the record the header declares (decode.Record), or nothing
+        is read from it."""
+        try:
+            LAYOUT.check_compiled(_compiled_fields(self.program.bpf, b"rp_events"))
+        except Exception:
+            self.program.close()
+            self.program = None
+            raise
 
     def __enter__(self) -> Tracer:
         return self.start()
