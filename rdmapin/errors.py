@@ -33,6 +33,17 @@ class RdmapinOSError(RdmapinError, OSError):
         self.args = (err, self.message)
 
 
+class KernelFormatError(RdmapinError, ValueError):
+    """A kernel file said something its reader cannot parse: names the file and the line."""
+
+    def __init__(self, path: str, lineno: int, line: str, why: str) -> None:
+        shown = line if len(line) <= 120 else line[:117] + "..."
+        super().__init__(f"{path}:{lineno}: cannot parse {shown!r}: {why}",
+                         hint="a kernel this reader was not checked on, or not that file; "
+                              "please report it with the kernel version")
+        self.path, self.lineno, self.line = path, lineno, line
+
+
 class DeviceError(RdmapinOSError):
     """Listing, opening or querying an RDMA device failed (or there is none)."""
 

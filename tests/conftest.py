@@ -20,9 +20,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from hypothesis import settings
 from needs import NEEDS, kprobes_missing
 
 pytest_plugins = ["failed_frames"]
+
+# Property-based suites: reproducible (derandomize), no example database in the checkout, no
+# per-example deadline (a TCG guest is slow); each suite states its own max_examples.
+settings.register_profile("rdmapin", deadline=None, derandomize=True, database=None,
+                          print_blob=True)
+settings.load_profile("rdmapin")
 
 STRICT = os.environ.get("RDMAPIN_STRICT") == "1"
 

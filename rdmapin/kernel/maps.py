@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from rdmapin.errors import RdmapinOSError
 from rdmapin.kernel.arch import PAGE_SIZE
+from rdmapin.kernel.textfile import lines
 
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
 
@@ -49,27 +50,30 @@ class Vma:
         return self.start < addr + length and addr < self.end
 
 
-def parse(text: str) -> list[Vma]:
-    """All VMAs in smaps text, in address order."""
+def parse(text: str, path: str = "/proc/PID/smaps") -> list[Vma]:
+    """All VMAs in maps or smaps text, in address order; a line that is neither a mapping
+    nor a ``Name: value`` field is a KernelFormatError naming it."""
     out: list[Vma] = []
     cur: Vma | None = None
-    for line in text.splitlines():
-        m = _HEADER.match(line)
-        if m:
-            cur = Vma(int(m.group(1), 16), int(m.group(2), 16), m.group(3), int(m.group(4), 16),
-                      int(m.group(6)), m.group(7).strip())
-            out.append(cur)
-            continue
-        if cur is None:
-            continue
-        name, _, value = line.partition(":")
-        value = value.strip()
-        if name == "VmFlags":
-            cur.flags = tuple(value.split())
-        elif value.endswith(" kB"):
-            cur.fields[name] = int(value[:-3]) * 1024
-        elif value.isdigit():
-            cur.fields[name] = int(value)
+    with lines(text, path) as src:
+        for line in src:
+            m = _HEADER.match(line)
+            if m:
+                cur = Vma(int(m.group(1), 16), int(m.group(2), 16), m.group(3),
+                          int(m.group(4), 16), int(m.group(6)), m.group(7).strip())
+                out.append(cur)
+                continue
+            name, sep, value = line.partition(":")
+            if cur is None or not sep:
+                raise src.fail("expected a mapping line (START-END PERMS OFFSET DEV INODE)"
+                               if cur is None else "expected 'Name: value'")
+            value = value.strip()
+            if name == "VmFlags":
+                cur.flags = tuple(value.split())
+            elif value.endswith(" kB"):
+                cur.fields[name] = int(value[:-3]) * 1024
+            elif value.isascii() and value.isdigit():
+                cur.fields[name] = int(value)
     return out
 
 
@@ -78,8 +82,10 @@ def read(pid: int | str = "self", detail: bool = True) -> list[Vma]:
     every page table and so costs nothing per page."""
     path = f"/proc/{pid}/{'smaps' if detail else 'maps'}"
     try:
-        with open(path) as f:
-            return parse(f.read())
+        # A path is the file's name, any bytes (show_map_vma escapes only a newline, as
+        # \012): undecodable ones kept for rdmapin.kernel.printable.escape.
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return parse(f.read(), path)
     except OSError as e:
         raise RdmapinOSError(e.errno or 0, f"read {path}",
                              hint="is the pid alive? another user's process needs root") from e

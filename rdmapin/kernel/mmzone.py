@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rdmapin.kernel.arch import PAGE_SHIFT
+from rdmapin.kernel.textfile import lines
+
 PROC = Path("/proc")
 DEFAULT_PAGEBLOCK_ORDER = 9  # x86-64 with 4 KiB pages: HPAGE_PMD_ORDER
 
@@ -58,23 +61,24 @@ def zoneinfo(text: str | None = None) -> list[Zone]:
                               managed=int(cur.get("managed", 0)),
                               free=int(cur.get("free", 0)), cma=int(cur.get("cma", 0))))
 
-    for line in text.splitlines():
-        m = _ZONE_RE.match(line)
-        if m:
-            flush()
-            cur = {"node": int(m.group(1)), "name": m.group(2)}
-            continue
-        if cur is None:
-            continue
-        parts = line.replace(":", " ").split()
-        if len(parts) < 2:
-            continue
-        if parts[0] == "pages" and parts[1] == "free" and len(parts) >= 3:
-            cur["free"] = int(parts[2])
-        elif parts[0] in ("spanned", "present", "managed", "cma", "start_pfn") \
-                and parts[1].isdigit():
-            cur[parts[0]] = int(parts[1])
-    flush()
+    with lines(text, "/proc/zoneinfo") as src:
+        for line in src:
+            m = _ZONE_RE.match(line)
+            if m:
+                flush()
+                cur = {"node": int(m.group(1)), "name": m.group(2)}
+                continue
+            if cur is None:
+                continue
+            parts = line.replace(":", " ").split()
+            if len(parts) < 2:
+                continue
+            if parts[0] == "pages" and parts[1] == "free" and len(parts) >= 3:
+                cur["free"] = int(parts[2])
+            elif parts[0] in ("spanned", "present", "managed", "cma", "start_pfn") \
+                    and parts[1].isascii() and parts[1].isdigit():
+                cur[parts[0]] = int(parts[1])
+        flush()
     return sorted(zones, key=lambda z: (z.start_pfn, z.node))
 
 
@@ -109,12 +113,13 @@ class FreeArea:
 def buddyinfo(text: str | None = None) -> list[FreeArea]:
     text = (PROC / "buddyinfo").read_text() if text is None else text
     out = []
-    for line in text.splitlines():
-        parts = line.replace(",", " ").split()
-        if len(parts) < 5 or parts[0] != "Node" or parts[2] != "zone":
-            continue
-        out.append(FreeArea(node=int(parts[1]), zone=parts[3],
-                            counts=tuple(int(x) for x in parts[4:])))
+    with lines(text, "/proc/buddyinfo") as src:
+        for line in src:
+            parts = line.replace(",", " ").split()
+            if len(parts) < 5 or parts[0] != "Node" or parts[2] != "zone":
+                continue
+            out.append(FreeArea(node=int(parts[1]), zone=parts[3],
+                                counts=tuple(int(x) for x in parts[4:])))
     return out
 
 
@@ -157,13 +162,14 @@ def system_ram(text: str | None = None) -> list[tuple[int, int]]:
         except OSError:
             return []
     out = []
-    for line in text.splitlines():
-        rng, _, name = line.strip().partition(" : ")
-        if name.strip() != "System RAM":
-            continue
-        lo, _, hi = rng.partition("-")
-        first, last = int(lo, 16), int(hi, 16)
-        if last == 0:
-            return []  # addresses hidden from this reader
-        out.append((first >> 12, (last + 1) >> 12))
+    with lines(text, "/proc/iomem") as src:
+        for line in src:
+            rng, _, name = line.strip().partition(" : ")
+            if name.strip() != "System RAM":
+                continue
+            lo, _, hi = rng.partition("-")
+            first, last = int(lo, 16), int(hi, 16)
+            if last == 0:
+                return []  # addresses hidden from this reader
+            out.append((first >> PAGE_SHIFT, (last + 1) >> PAGE_SHIFT))
     return sorted(out)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rdmapin.kernel.textfile import lines
+
 PROC = Path("/proc")
 
 
@@ -39,10 +41,16 @@ def vmstat(*, exact: bool = True) -> dict[str, int]:
     """
     if exact:
         refresh()
+    return parse_vmstat((PROC / "vmstat").read_text())
+
+
+def parse_vmstat(text: str, path: str = "/proc/vmstat") -> dict[str, int]:
+    """``name value`` per line."""
     out: dict[str, int] = {}
-    for line in (PROC / "vmstat").read_text().splitlines():
-        name, _, value = line.partition(" ")
-        out[name] = int(value)
+    with lines(text, path) as src:
+        for line in src:
+            name, value = line.split()
+            out[name] = int(value)
     return out
 
 
@@ -54,24 +62,44 @@ def foll_pins() -> int:
 
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in bytes (MemAvailable, CmaTotal ...); HugePages_* stay page counts."""
+    return parse_meminfo((PROC / "meminfo").read_text())
+
+
+def parse_meminfo(text: str, path: str = "/proc/meminfo") -> dict[str, int]:
+    """``Name:  123 kB`` (bytes) or ``Name:  123`` (a count) per line."""
     out: dict[str, int] = {}
-    for line in (PROC / "meminfo").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields = value.split()  # "123 kB", or a bare count
-        out[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    with lines(text, path) as src:
+        for line in src:
+            name, sep, value = line.partition(":")
+            fields = value.split()  # "123 kB", or a bare count
+            if not sep or fields[1:] not in ([], ["kB"]):
+                raise src.fail("expected 'Name: N' or 'Name: N kB'")
+            out[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
     return out
 
 
 def status(pid: int | str = "self") -> dict[str, int | str]:
     """/proc/PID/status; the ``kB`` fields become bytes (VmPin, VmLck, VmRSS ...)."""
+    # Name: is the comm, any byte but NUL (fs/proc/array.c escapes only \n and \\ in it)
+    text = (PROC / str(pid) / "status").read_text("utf-8", "surrogateescape")
+    return parse_status(text, f"/proc/{pid}/status")
+
+
+def parse_status(text: str, path: str = "/proc/PID/status") -> dict[str, int | str]:
+    """``Name:\tvalue`` per line; ``N kB`` values become bytes, the rest stay text. Name: is
+    the first field and may hold anything (a forged comm), so each line splits at its first
+    colon and only the known layout is trusted."""
     out: dict[str, int | str] = {}
-    for line in (PROC / str(pid) / "status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        value = value.strip()
-        if value.endswith(" kB"):
-            out[name] = int(value[:-3]) * 1024
-        else:
-            out[name] = value
+    with lines(text, path) as src:
+        for line in src:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise src.fail("expected 'Name: value'")
+            value = value.strip()
+            if value.endswith(" kB"):
+                out[name] = int(value[:-3]) * 1024
+            else:
+                out[name] = value
     return out
 
 
@@ -81,8 +109,11 @@ def vm_pin(pid: int | str = "self") -> int:
 
 
 def comm(pid: int | str = "self") -> str:
-    """/proc/PID/comm, or "?" once the process is gone."""
+    """/proc/PID/comm as the process set it (any bytes but NUL, up to 15; fs/proc/base.c
+    ``comm_show`` adds only the newline), bytes that are not UTF-8 kept by surrogateescape:
+    print it through rdmapin.kernel.printable.escape. "?" once the process is gone."""
     try:
-        return (PROC / str(pid) / "comm").read_text().strip()
+        raw = (PROC / str(pid) / "comm").read_bytes()
     except OSError:
         return "?"
+    return raw.decode("utf-8", "surrogateescape").removesuffix("\n")

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rdmapin.errors import RdmapinError
+from rdmapin.kernel.textfile import lines
 
 IB_CLASS = Path("/sys/class/infiniband")
 
@@ -55,35 +56,41 @@ def _hex(value: object) -> int | None:
     return value if isinstance(value, int) else int(str(value), 16)
 
 
-def parse(text: str) -> list[KernelMr]:
-    """Parse ``rdma -j [-d] res show mr`` output (one JSON array, or one per line)."""
-    rows: list[dict] = []
-    for chunk in text.splitlines():
-        chunk = chunk.strip()
-        if not chunk:
-            continue
-        data = json.loads(chunk)
-        stack = data if isinstance(data, list) else [data]
-        for item in stack:
-            if isinstance(item, list):
-                rows.extend(x for x in item if isinstance(x, dict))
-            elif isinstance(item, dict):
-                rows.append(item)
+SOURCE = "rdma -j -d res show mr"
+
+
+def parse(text: str, path: str = SOURCE) -> list[KernelMr]:
+    """Parse ``rdma -j [-d] res show mr`` output (one JSON array, or one per line); a line
+    that is not the JSON iproute2 prints is a KernelFormatError naming it."""
     out = []
-    for r in rows:
-        if "mrlen" not in r:
-            continue
-        out.append(KernelMr(
-            device=str(r.get("ifname", r.get("dev", "?"))),
-            mrn=int(r.get("mrn", -1)),
-            length=int(r["mrlen"]),
-            pid=_int(r.get("pid")),
-            comm=r.get("comm"),
-            pdn=_int(r.get("pdn")),
-            lkey=_hex(r.get("lkey")),
-            rkey=_hex(r.get("rkey")),
-            iova=_hex(r.get("iova")),
-        ))
+    with lines(text, path) as src:
+        for chunk in src:
+            chunk = chunk.strip()
+            if not chunk:
+                continue
+            data = json.loads(chunk)
+            stack = data if isinstance(data, list) else [data]
+            rows: list[dict] = []
+            for item in stack:
+                if isinstance(item, list):
+                    rows.extend(x for x in item if isinstance(x, dict))
+                elif isinstance(item, dict):
+                    rows.append(item)
+            for r in rows:
+                if "mrlen" not in r:
+                    continue
+                comm = r.get("comm")
+                out.append(KernelMr(
+                    device=str(r.get("ifname", r.get("dev", "?"))),
+                    mrn=int(r.get("mrn", -1)),
+                    length=int(r["mrlen"]),
+                    pid=_int(r.get("pid")),
+                    comm=None if comm is None else str(comm),
+                    pdn=_int(r.get("pdn")),
+                    lkey=_hex(r.get("lkey")),
+                    rkey=_hex(r.get("rkey")),
+                    iova=_hex(r.get("iova")),
+                ))
     return out
 
 

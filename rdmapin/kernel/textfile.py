@@ -1,0 +1,42 @@
+"""Line-by-line reading of a kernel text file where a line the reader cannot parse is a
+KernelFormatError naming the file and the line, never an IndexError or ValueError from
+inside a parser.
+
+    with lines(text, "/proc/vmstat") as src:
+        for line in src:
+            name, value = line.split()
+            out[name] = int(value)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+
+from rdmapin.errors import KernelFormatError
+
+_PARSE_ERRORS = (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError)
+
+
+class lines:  # lower case: used like open()
+    def __init__(self, text: str, path: str) -> None:
+        self.text, self.path = text, path
+        self.lineno, self.line = 0, ""
+
+    def __enter__(self) -> lines:
+        return self
+
+    def __iter__(self) -> Iterator[str]:
+        for lineno, line in enumerate(self.text.splitlines(), 1):
+            self.lineno, self.line = lineno, line
+            yield line
+
+    def fail(self, why: str) -> KernelFormatError:
+        """The error for the current line, for checks the parser makes itself."""
+        return KernelFormatError(self.path, self.lineno, self.line, why)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is not None and isinstance(exc, _PARSE_ERRORS) and \
+                not isinstance(exc, KernelFormatError):
+            raise self.fail(f"{type(exc).__name__}: {exc}") from None

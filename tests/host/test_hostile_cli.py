@@ -1,0 +1,151 @@
+"""Hostile arguments for every command, generated from each command's own parser: the parser
+answers with exit 0 or 2 (usage) and never a traceback; the cheap commands, run for real,
+exit 0, 1 or 2 with -j printing only JSON lines. Found examples are kept as plain tests."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from rdmapin import cli
+
+PARSER = cli.build_parser()
+SUB = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction))
+COMMANDS = sorted(SUB.choices)
+
+# Values that break naive parsers: numbers of every size and sign, sizes, hex, pids, paths,
+# host:port, unicode and control characters.
+VALUES = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.sampled_from(["0", "-1", "nan", "inf", "-inf", "1e309", "0x", "0x0", "0xffffffffffffffff",
+                     "4K", "2M", "1G", "1T", "-4K", "99999999999999999999999", "", " ", "--",
+                     "127.0.0.1:0", "127.0.0.1:65536", ":9464", "[::1]:9464", "host:port",
+                     "/", "/nonexistent/x.png", "/proc/self/mem", "results/x.png", "\x00",
+                     "\u202e", "a\nb", "\x1b[2J", "é", "1" * 300]),
+    st.text(max_size=20),
+)
+
+
+def _options(command: str) -> list[argparse.Action]:
+    return [a for a in SUB.choices[command]._actions if a.option_strings]
+
+
+@st.composite
+def argv(draw: st.DrawFn, command: str) -> list[str]:
+    out = [command]
+    for action in draw(st.lists(st.sampled_from(_options(command)), max_size=4)):
+        if action.option_strings == ["-h"] or "--help" in action.option_strings:
+            continue
+        out.append(draw(st.sampled_from(action.option_strings)))
+        if action.nargs != 0:
+            out.append(draw(VALUES))
+    positional = [a for a in SUB.choices[command]._actions if not a.option_strings]
+    if positional:
+        out += draw(st.lists(VALUES, max_size=2))
+    return out
+
+
+def _parse(args: list[str]) -> int:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            PARSER.parse_args(args)
+        except SystemExit as e:
+            return int(e.code or 0)
+    assert "Traceback" not in err.getvalue()
+    return 0
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@settings(max_examples=150)
+@given(data=st.data())
+def test_every_commands_parser_answers_0_or_2(command, data):
+    assert _parse(data.draw(argv(command))) in (0, 2)
+
+
+def _run(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main(args)
+        except SystemExit as e:
+            rc = int(e.code or 0)
+    return rc, out.getvalue(), err.getvalue()
+
+
+PID_VALUES = st.one_of(st.integers(min_value=-5, max_value=2**31).map(str),
+                       st.just(str(os.getpid())), VALUES)
+ADDR_VALUES = st.one_of(st.integers(min_value=0, max_value=2**64 + 5).map(hex), VALUES)
+LEN_VALUES = st.one_of(st.integers(min_value=-1, max_value=2**64 + 5).map(str),
+                       st.sampled_from(["4K", "2M", "1G", "128T", "0"]), VALUES)
+
+
+@settings(max_examples=60)
+@given(pid=PID_VALUES, addr=ADDR_VALUES, length=LEN_VALUES, js=st.booleans())
+@example(pid=str(os.getpid()), addr="0x0", length="99999999999999999", js=False)
+@example(pid=str(os.getpid()), addr=hex(2**64 - 4096), length="8192", js=True)
+def test_pages_exits_0_1_or_2_and_json_is_json(pid, addr, length, js):
+    args = ["pages", "--pid", pid, "--addr", addr, "--len", length] + (["-j"] if js else [])
+    rc, out, err = _run(args)
+    assert rc in (0, 1, 2), err
+    assert "Traceback" not in err
+    if js and rc == 0:
+        for line in out.splitlines():
+            json.loads(line)
+
+
+@settings(max_examples=25)
+@given(pids=st.lists(PID_VALUES, max_size=3), js=st.booleans())
+def test_inspect_exits_0_1_or_2_and_json_is_json(pids, js):
+    rc, out, err = _run(["inspect", *(["-j"] if js else []), "--", *pids])
+    assert rc in (0, 1, 2), err
+    assert "Traceback" not in err
+    if js and rc == 0:
+        for line in out.splitlines():
+            json.loads(line)
+
+
+@settings(max_examples=8)
+@given(check=st.lists(st.sampled_from(["rdma", "memlock", "maps", "thp", "zones", "tracing",
+                                       "bogus", ""]), max_size=3), js=st.booleans())
+def test_doctor_exits_0_1_or_2_and_json_is_json(check, js):
+    args = ["doctor", *(["-j"] if js else [])]
+    for c in check:
+        args += ["-c", c]
+    rc, out, err = _run(args)
+    assert rc in (0, 1, 2), err
+    assert "Traceback" not in err
+    if js and rc in (0, 1):
+        for line in out.splitlines():
+            json.loads(line)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the physical map needs root")
+@settings(max_examples=4)
+@given(pid=PID_VALUES, png=st.sampled_from(["/nonexistent/x.png", "/", "", None]))
+def test_fragmap_exits_0_1_or_2_and_json_is_json(pid, png):
+    args = ["fragmap", "-j", "-p", pid] + (["--png", png] if png is not None else [])
+    rc, out, err = _run(args)
+    assert rc in (0, 1, 2), err
+    assert "Traceback" not in err
+    if rc == 0:
+        for line in out.splitlines():
+            json.loads(line)
+
+
+@pytest.mark.parametrize("args", [
+    ["trace", "-d", "0"], ["trace", "-s", "-1", "-d", "1"], ["trace", "--prometheus", "x"],
+    ["trace", "-p", "0", "-d", "1"], ["bench", "--iters", "-1"], ["bench", "--sizes", "x"],
+    ["bench", "--pages", "9k", "--rounds", "1", "--iters", "1"],
+])
+def test_trace_and_bench_bad_examples_are_errors_not_tracebacks(args):
+    rc, _out, err = _run(args)
+    assert rc in (1, 2), err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("rdmapin")
