@@ -149,3 +149,22 @@ def test_trace_and_bench_bad_examples_are_errors_not_tracebacks(args):
     rc, _out, err = _run(args)
     assert rc in (1, 2), err
     assert "Traceback" not in err and err.splitlines()[-1].startswith("rdmapin")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PFNs and page flags need root")
+@settings(max_examples=80)
+@given(addr=st.integers(min_value=0, max_value=2**64 - 1),
+       length=st.integers(min_value=-1, max_value=2**64))
+@example(addr=0, length=2**64)
+@example(addr=2**47 - 4096, length=2**17)
+def test_page_report_of_any_range_is_a_report_or_an_error(addr, length):
+    """Any (addr, length) in the 64-bit space: a report or an RdmapinError, bounded in memory
+    (ranges past 64 GiB of address space are refused before a read)."""
+    from rdmapin import pages
+    from rdmapin.errors import RdmapinError
+
+    try:
+        r = pages.inspect(addr, length)
+    except RdmapinError:
+        return
+    assert r.base_pages == r.present + r.not_present
