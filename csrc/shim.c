@@ -29,36 +29,7 @@ int rdmapin_errno(void)
 
 int rdmapin_verbs_api_version(void)
 {
-	return 1;
-}
-
-int rdmapin_device_count(int *err)
-{
-	int n = 0;
-	struct ibv_device **list = ibv_get_device_list(&n);
-
-	if (!list) {
-		*err = errno;
-		return -1;
-	}
-	ibv_free_device_list(list);
-	return n;
-}
-
-int rdmapin_device_name(int index, char *buf, size_t len)
-{
-	int n = 0;
-	struct ibv_device **list = ibv_get_device_list(&n);
-
-	if (!list)
-		return -errno;
-	if (index < 0 || index >= n) {
-		ibv_free_device_list(list);
-		return -ENODEV;
-	}
-	snprintf(buf, len, "%s", ibv_get_device_name(list[index]));
-	ibv_free_device_list(list);
-	return 0;
+	return 2;
 }
 
 int rdmapin_list_devices(struct rdmapin_device_info *out, int max)
@@ -309,6 +280,13 @@ int rdmapin_pd_close_mrs(struct rdmapin_pd *p)
 	}
 	pthread_mutex_unlock(&mr_lock);
 	return err;
+}
+
+void rdmapin_pd_reopen(struct rdmapin_pd *p)
+{
+	pthread_mutex_lock(&mr_lock);
+	p->closing = 0;
+	pthread_mutex_unlock(&mr_lock);
 }
 
 int rdmapin_pd_mrs(struct rdmapin_pd *p, struct rdmapin_mr_info *out, int max)

@@ -63,7 +63,9 @@ struct rdmapin_mr_info {
 /* errno saved by the last failing pointer-returning shim call in this thread. */
 int rdmapin_errno(void);
 
-/* 1 when the shim was compiled against <infiniband/verbs.h> of this rdma-core. */
+/* The version of the declarations in this file; rdmapin/_lib.py's API_VERSION must equal it
+ * (bump both when a declaration changes), so a stale build is refused at import. 2: the
+ * unused rdmapin_device_count and rdmapin_device_name are gone, rdmapin_pd_reopen is new. */
 int rdmapin_verbs_api_version(void);
 
 /* Device list: names and GUIDs copied out, so Python holds no pointer into the list. */
@@ -74,8 +76,6 @@ struct rdmapin_device_info {
 	int node_type;
 	int transport_type;
 };
-int rdmapin_device_count(int *err);
-int rdmapin_device_name(int index, char *buf, size_t len);
 /* Fills up to max entries; returns how many devices exist (may exceed max) or -errno. */
 int rdmapin_list_devices(struct rdmapin_device_info *out, int max);
 
@@ -140,6 +140,8 @@ void rdmapin_pd_free(struct rdmapin_pd *p);
  * still on p: 0, or the first -errno (those MRs stay listed; a second call retries them).
  * After it, ibv_dealloc_pd meets no MR of rdmapin's. */
 int rdmapin_pd_close_mrs(struct rdmapin_pd *p);
+/* Take new MRs again: the PD's close failed after rdmapin_pd_close_mrs, so it stays open. */
+void rdmapin_pd_reopen(struct rdmapin_pd *p);
 /* Copy up to max live MRs of p into out; returns how many p has. */
 int rdmapin_pd_mrs(struct rdmapin_pd *p, struct rdmapin_mr_info *out, int max);
 

@@ -16,8 +16,10 @@ alive with a strong reference, so Python's GC never frees a parent before its ch
 So a failed close never leaks a handle it could still free. ``with`` closes, and a subclass
 that closes on GC calls ``_close_in_finalizer`` from ``__del__``, which logs what it cannot
 close instead of raising. Using a closed resource raises ``ClosedError`` (``_closed_error``
-words it). ``__slots__`` is empty so a slotted leaf (MemoryRegion) keeps its layout; the
-lock and the children map live on classes with instance dicts, set up by ``__init__``.
+words it). ``__slots__`` is empty so a slotted leaf keeps its layout: MemoryRegion is built
+without ``__init__`` on the register hot path, has no children, and does its close in one
+shim call; the lock (from ``__init__``) and the children map (from the first ``_adopt``)
+live on the classes with instance dicts.
 """
 
 from __future__ import annotations
@@ -121,8 +123,8 @@ class Resource:
 
     def _closed_error(self, doing: str = "") -> ClosedError:
         """The ClosedError for using this resource after close ('; cannot <doing>')."""
-        return ClosedError(f"{self._describe()} is closed" + (f"; cannot {doing}" if doing
-                                                               else ""))
+        tail = f"; cannot {doing}" if doing else ""
+        return ClosedError(f"{self._describe()} is closed{tail}")
 
 
 __all__ = ["Resource"]

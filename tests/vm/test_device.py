@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -80,13 +81,25 @@ def test_fork_status_is_reported():
 @pytest.mark.rdma
 def test_close_is_idempotent_and_closed_device_raises():
     d = rdmapin.open_device(DEVICE)
+    assert repr(d) == f"<Device {DEVICE}>"
     d.close()
     d.close()
-    assert d.closed
+    assert d.closed and repr(d) == f"<Device {DEVICE} closed>"
     with pytest.raises(rdmapin.ClosedError, match="closed"):
         d.alloc_pd()
     with pytest.raises(rdmapin.ClosedError):
         d.port(1)
+
+
+@pytest.mark.rdma
+def test_pds_are_the_open_pds_of_the_device(dev):
+    a, b = dev.alloc_pd(), dev.alloc_pd()
+    assert dev.pds == [a, b]
+    a.close()
+    assert dev.pds == [b]
+    del b
+    gc.collect()
+    assert dev.pds == []
 
 
 @pytest.mark.rdma
