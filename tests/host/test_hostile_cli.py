@@ -80,6 +80,16 @@ def _run(args: list[str]) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+def _assert_answered(rc: int, out: str, err: str, js: bool, json_rcs: tuple[int, ...] = (0,)
+                     ) -> None:
+    """Exit 0, 1 or 2, no traceback, and with -j nothing but JSON lines on stdout."""
+    assert rc in (0, 1, 2), err
+    assert "Traceback" not in err
+    if js and rc in json_rcs:
+        for line in out.splitlines():
+            json.loads(line)
+
+
 PID_VALUES = st.one_of(st.integers(min_value=-5, max_value=2**31).map(str),
                        st.just(str(os.getpid())), VALUES)
 ADDR_VALUES = st.one_of(st.integers(min_value=0, max_value=2**64 + 5).map(hex), VALUES)
@@ -93,23 +103,13 @@ LEN_VALUES = st.one_of(st.integers(min_value=-1, max_value=2**64 + 5).map(str),
 @example(pid=str(os.getpid()), addr=hex(2**64 - 4096), length="8192", js=True)
 def test_pages_exits_0_1_or_2_and_json_is_json(pid, addr, length, js):
     args = ["pages", "--pid", pid, "--addr", addr, "--len", length] + (["-j"] if js else [])
-    rc, out, err = _run(args)
-    assert rc in (0, 1, 2), err
-    assert "Traceback" not in err
-    if js and rc == 0:
-        for line in out.splitlines():
-            json.loads(line)
+    _assert_answered(*_run(args), js)
 
 
 @settings(max_examples=25)
 @given(pids=st.lists(PID_VALUES, max_size=3), js=st.booleans())
 def test_inspect_exits_0_1_or_2_and_json_is_json(pids, js):
-    rc, out, err = _run(["inspect", *(["-j"] if js else []), "--", *pids])
-    assert rc in (0, 1, 2), err
-    assert "Traceback" not in err
-    if js and rc == 0:
-        for line in out.splitlines():
-            json.loads(line)
+    _assert_answered(*_run(["inspect", *(["-j"] if js else []), "--", *pids]), js)
 
 
 @settings(max_examples=8)
@@ -119,12 +119,7 @@ def test_doctor_exits_0_1_or_2_and_json_is_json(check, js):
     args = ["doctor", *(["-j"] if js else [])]
     for c in check:
         args += ["-c", c]
-    rc, out, err = _run(args)
-    assert rc in (0, 1, 2), err
-    assert "Traceback" not in err
-    if js and rc in (0, 1):
-        for line in out.splitlines():
-            json.loads(line)
+    _assert_answered(*_run(args), js, (0, 1))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the physical map needs root")
@@ -132,12 +127,7 @@ def test_doctor_exits_0_1_or_2_and_json_is_json(check, js):
 @given(pid=PID_VALUES, png=st.sampled_from(["/nonexistent/x.png", "/", "", None]))
 def test_fragmap_exits_0_1_or_2_and_json_is_json(pid, png):
     args = ["fragmap", "-j", "-p", pid] + (["--png", png] if png is not None else [])
-    rc, out, err = _run(args)
-    assert rc in (0, 1, 2), err
-    assert "Traceback" not in err
-    if rc == 0:
-        for line in out.splitlines():
-            json.loads(line)
+    _assert_answered(*_run(args), True)
 
 
 @pytest.mark.parametrize("args", [

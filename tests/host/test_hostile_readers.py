@@ -16,16 +16,12 @@ from rdmapin.kernel import maps, mmzone, procfs, rdma_res, tracefs
 
 SAMPLE_MR = ('[{"ifindex":0,"ifname":"rxe0","mrn":0,"rkey":"2b1","lkey":"2b1","mrlen":1048576,'
              '"pdn":1,"pid":333,"comm":"python"}]')
-FORMAT = """name: mm_migrate_pages
-ID: 500
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned long succeeded;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:enum migrate_mode mode;\toffset:40;\tsize:4;\tsigned:0;
-
-print fmt: "succeeded=%lu reason=%s", REC->succeeded, __print_symbolic(REC->reason, \
-{ 0, "compaction" }, { 7, "longterm_pin" })
-"""
+FORMAT = (  # compaction:mm_compaction_end as 6.1 prints it, cut short
+    "name: mm_compaction_end\nID: 610\nformat:\n"
+    "\tfield:unsigned long zone_start;\toffset:8;\tsize:8;\tsigned:0;\n"
+    "\tfield:int status;\toffset:48;\tsize:4;\tsigned:1;\n\n"
+    'print fmt: "zone_start=0x%lx status=%s", REC->zone_start, '
+    '__print_symbolic(REC->status, { 1, "continue" }, { 2, "skipped" })\n')
 
 
 def _seed(path: str) -> str:
