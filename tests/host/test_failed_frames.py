@@ -13,6 +13,8 @@ TESTS = Path(__file__).resolve().parents[1]
 INNER = '''
 import mmap
 
+pytestmark = pytest.mark.pure
+
 def shmem_mib():
     for line in open("/proc/self/status"):
         if line.startswith("RssShmem:"):

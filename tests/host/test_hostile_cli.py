@@ -63,6 +63,7 @@ def _parse(args: list[str]) -> int:
     return 0
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("command", COMMANDS)
 @settings(max_examples=150)
 @given(data=st.data())

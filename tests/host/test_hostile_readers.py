@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from rdmapin.errors import KernelFormatError
 from rdmapin.kernel import maps, mmzone, procfs, rdma_res, tracefs
 
+pytestmark = pytest.mark.pure
+
 SAMPLE_MR = ('[{"ifindex":0,"ifname":"rxe0","mrn":0,"rkey":"2b1","lkey":"2b1","mrlen":1048576,'
              '"pdn":1,"pid":333,"comm":"python"}]')
 FORMAT = (  # compaction:mm_compaction_end as 6.1 prints it, cut short

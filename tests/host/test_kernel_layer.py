@@ -7,6 +7,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.pure
+
 PKG = Path(__file__).resolve().parents[2] / "rdmapin"
 PROC_FILES = ("smaps", "maps", "zoneinfo", "kpageflags", "kpagecount", "pagemap", "kcore",
               "vmstat", "status", "meminfo", "buddyinfo", "pagetypeinfo", "kallsyms", "iomem")

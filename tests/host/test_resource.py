@@ -14,6 +14,8 @@ import pytest
 import rdmapin
 from rdmapin.resource import Resource
 
+pytestmark = pytest.mark.pure
+
 
 class Handle(Resource):
     """A resource whose handle is a name; ``fail`` makes its release raise."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.pure
+
 TOP = Path(__file__).resolve().parents[2]
 RUN = TOP / "ci" / "vm" / "run"
 
