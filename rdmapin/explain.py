@@ -22,6 +22,7 @@ from rdmapin.errors import (
 )
 from rdmapin.kernel import maps, procfs
 from rdmapin.kernel.arch import PAGE_SIZE as PAGE
+from rdmapin.kernel.printable import escape
 from rdmapin.kernel.units import human
 
 CAP_IPC_LOCK = 14
@@ -178,7 +179,7 @@ def _efault(err: int, what: str, addr: int, length: int, access: int) -> Registr
     if access & WRITABLE and any("w" not in v.perms for v in found):
         ro = next(v for v in found if "w" not in v.perms)
         return RegistrationError(err, f"{what}: the mapping {ro.start:#x}-{ro.end:#x} "
-                                      f"({ro.perms} {ro.path}) is read-only but the access "
+                                      f"({ro.perms} {escape(ro.path)}) is read-only but the access "
                                       f"{describe(access & WRITABLE)} needs write",
                                  hint="register read-only memory with "
                                       "Access.REMOTE_READ only, or map it writable")

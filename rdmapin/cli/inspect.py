@@ -20,6 +20,7 @@ from pathlib import Path
 from rdmapin import mm
 from rdmapin.errors import RdmapinError
 from rdmapin.kernel import kcore, procfs, rdma_res
+from rdmapin.kernel.printable import escape, escape_all
 from rdmapin.kernel.units import short
 from rdmapin.pages import inspect as inspect_region
 from rdmapin.pages import reconcile
@@ -29,6 +30,9 @@ EXAMPLES = """examples:
   rdmapin inspect              # every process with VmPin > 0 or an MR
   rdmapin inspect 4242 4243    # these processes
   rdmapin inspect -j           # JSON lines: pid, comm, vm_pin, vm_lck, mrs, backing ...
+
+COMM is the process's own name, escaped (rdmapin.kernel.printable: \\x1b, \\u202e, \\xff for
+a byte that is not UTF-8, \\\\ for a backslash); JSON carries the same escaped text.
 
 JSON "backing_from": "mrs" (the MRs' own ranges), "pinned pages" (the kernel gave no MR
 addresses, or VmPin holds pins no MR explains: the pages found pinned in the process, by
@@ -123,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
             status = 1
             continue
         if args.json:
-            out.write(json.dumps(r, sort_keys=True) + "\n")
+            out.write(json.dumps(escape_all(r), sort_keys=True) + "\n")
             continue
         b = r["backing"]
         cols = [short(b[k]) if b else "?" for k in ("4k", "thp", "hugetlb", "other")]
-        vals = (r["pid"], r["comm"][:10], short(r["vm_pin"]), short(r["vm_lck"]), r["mrs"],
+        vals = (r["pid"], escape(r["comm"][:10]), short(r["vm_pin"]), short(r["vm_lck"]), r["mrs"],
                 short(r["mr_bytes"]), *cols, "yes" if r["agrees"] else "NO")
         out.write(" ".join(f"{v:<{w}}" if h == "COMM" else f"{v!s:>{w}}"
                            for (h, w), v in zip(COLS, vals, strict=True)).rstrip() + "\n")

@@ -15,6 +15,7 @@ import sys
 
 from rdmapin.errors import RdmapinError
 from rdmapin.kernel import rdma_res
+from rdmapin.kernel.printable import escape_all
 from rdmapin.pages import inspect
 from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP
 
@@ -26,7 +27,9 @@ EXAMPLES = """examples:
   rdmapin pages ... --cap 0x201000   # best page size for a device offering 4K and 2M
 
 --mr and the no-range form need the kernel's RDMA resource tracking (rdma res show mr)
-and, for MR addresses, CAP_NET_ADMIN. PFNs and page flags need root.
+and, for MR addresses, CAP_NET_ADMIN. PFNs and page flags need root. The process's name
+and mapping paths are printed escaped (rdmapin.kernel.printable: \\x1b, \\u202e, \\xff for a
+byte that is not UTF-8, \\\\ for a backslash), in JSON too.
 """
 
 _SIZE = re.compile(r"(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?")
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             import json
             d = report.to_dict()
             d["mr"] = label or None
-            out.write(json.dumps(d, sort_keys=True) + "\n")
+            out.write(json.dumps(escape_all(d), sort_keys=True) + "\n")
         else:
             if i:
                 out.write("\n")

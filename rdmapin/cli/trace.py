@@ -17,6 +17,7 @@ import time
 
 from rdmapin.cli import argtypes
 from rdmapin.errors import RdmapinError
+from rdmapin.kernel.printable import escape, escape_all
 from rdmapin.trace.events import Event, Kind
 from rdmapin.trace.summary import Summary, render
 
@@ -29,6 +30,10 @@ EXAMPLES = """examples:
   rdmapin trace --prometheus 127.0.0.1:9464   # counters for Prometheus too
   rdmapin trace --all               # also every compaction pageblock scan
   rdmapin trace --explain           # the plan: files, probes, defines; nothing loaded
+
+COMM and the names in OWNER are the processes' own, escaped (rdmapin.kernel.printable:
+\\x1b, \\u202e, \\xff for a byte that is not UTF-8, \\\\ for a backslash); JSON and
+Prometheus labels carry the same escaped text.
 """
 
 FMT = "{:<9} {:<15} {:>7} {:<16} {:<17} {:<25} {}"
@@ -103,12 +108,13 @@ class Printer:
             # which made draining the demo's failures take minutes. A terminal is
             # line-buffered anyway.
             if self.args.json:
-                print(json.dumps(ev.to_dict(), default=str))
+                print(json.dumps(escape_all(ev.to_dict()), default=str))
                 return
             when = (time.strftime("%H:%M:%S", time.localtime(self.t0 + ev.ts))
                     if self.args.timestamp else f"{ev.ts:.6f}")
-            print(FMT.format(when, ev.comm[:15], ev.pid, ev.name, (ev.reason or "-")[:17],
-                             ev.range_text(), ev.owner_label()))
+            print(FMT.format(when, escape(ev.comm[:15]), ev.pid, ev.name,
+                             (ev.reason or "-")[:17], ev.range_text(),
+                             escape(ev.owner_label())))
 
     def flush(self) -> None:
         with self.lock:
@@ -169,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         if tracer.inventory is not None:
             inv = tracer.inventory
             print(f"rdmapin: trace: {len(inv.owners)} pinned range(s) found at start"
-                  + (f"; {len(inv.unresolved)} unplaced: " + "; ".join(inv.unresolved)
+                  + (f"; {len(inv.unresolved)} unplaced: "
+                     + "; ".join(map(escape, inv.unresolved))
                      if inv.unresolved else ""), file=sys.stderr)
         if args.prometheus:
             from rdmapin.trace import prometheus
@@ -219,7 +226,8 @@ def _loop(args: argparse.Namespace, tracer: object, printer: Printer) -> None:
 
 def _emit(args: argparse.Namespace, s: Summary, totals: dict, hists: dict, title: str) -> None:
     if args.json:
-        print(json.dumps({"summary": title, **s.to_dict(totals, hists)}, default=str))
+        print(json.dumps(escape_all({"summary": title, **s.to_dict(totals, hists)}),
+                         default=str))
     else:
         print(render(s, totals, hists, title))
 

@@ -6,6 +6,7 @@ it was checked on (Debian's 6.1 and 6.12 in the guests, 6.18 on the development 
 
 arch        page geometry (PAGE_SIZE, PAGE_SHIFT, PMD_PAGES)
 units       the one byte formatter
+printable   the one escaper of names other users choose (comm, mapping paths)
 procfs      /proc/PID/status, comm; /proc/vmstat, /proc/meminfo; /proc/sys
 maps        /proc/PID/maps and /proc/PID/smaps (Vma)
 pagemap     /proc/PID/pagemap

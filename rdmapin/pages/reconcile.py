@@ -37,7 +37,7 @@ class MrView:
 @dataclass
 class Reconciliation:
     pid: int
-    comm: str
+    comm: str  # /proc/PID/comm, as set (status' Name: escapes \n and \\); print escaped
     vm_pin: int  # bytes
     vm_lck: int  # bytes
     mrs: list[MrView]
@@ -56,10 +56,11 @@ class Reconciliation:
         return d
 
     def __str__(self) -> str:
+        from rdmapin.kernel.printable import escape
         from rdmapin.kernel.units import human
 
         lines = [
-            f"pid {self.pid} ({self.comm})",
+            f"pid {self.pid} ({escape(self.comm)})",
             f"VmPin       {human(self.vm_pin):>12}  ({self.vm_pin // PAGE_SIZE} pages)",
             f"MRs         {human(self.mr_pinned):>12}  ({len(self.mrs)} MRs, "
             f"{self.mr_pinned // PAGE_SIZE} pages charged)",
@@ -169,7 +170,7 @@ def reconcile(pid: int | None = None) -> Reconciliation:
         findings.append(f"global FOLL_PIN count ({foll} pages) is below this process's MR "
                         f"charge ({charged // PAGE_SIZE} pages)")
     return Reconciliation(
-        pid=pid, comm=str(st.get("Name", "?")), vm_pin=vm_pin, vm_lck=vm_lck, mrs=views,
+        pid=pid, comm=procfs.comm(pid), vm_pin=vm_pin, vm_lck=vm_lck, mrs=views,
         mr_pinned=charged, mr_unique=unique, overlap=overlap, foll_pins=foll,
         unexplained=unexplained, agrees=unexplained == 0, findings=findings, limits=limits)
 

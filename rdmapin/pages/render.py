@@ -1,10 +1,12 @@
-"""Text rendering of a RegionReport: one idea per line, aligned columns with units."""
+"""Text rendering of a RegionReport: one idea per line, aligned columns with units; the
+process's name and the mapping paths escaped (rdmapin.kernel.printable)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from rdmapin.kernel.arch import PAGE_SIZE
+from rdmapin.kernel.printable import escape
 from rdmapin.kernel.units import human
 
 if TYPE_CHECKING:
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
 
 def render(r: RegionReport) -> str:
     out = [
-        f"region {r.addr:#x} +{human(r.length)} ({r.length} B)  pid {r.pid} ({r.comm})",
+        f"region {r.addr:#x} +{human(r.length)} ({r.length} B)  pid {r.pid} ({escape(r.comm)})",
         f"pages     {r.base_pages} x {human(PAGE_SIZE)}: present {r.present}, "
         f"not present {r.not_present}, swapped {r.swapped}",
     ]
@@ -45,8 +47,8 @@ def render(r: RegionReport) -> str:
         out.append(f"device    best page size for cap {d.pgsz_bitmap:#x}: {best}")
         out.append(f"rxe       maps every {human(PAGE_SIZE)} page: {d.rxe_blocks} entries")
     for v in r.vmas:
-        line = f"vma       {v['start']:#x}-{v['end']:#x} {v['perms']} {v['path'] or '[anon]'}"
-        out.append(line)
+        path = escape(v["path"]) or "[anon]"
+        out.append(f"vma       {v['start']:#x}-{v['end']:#x} {v['perms']} {path}")
         if v["rss"] is not None:
             pte = (v.get("thp_pte_mapped") or 0) // PAGE_SIZE  # exact: human() rounds
             by_pte = f" (+{pte} THP page{'s' * (pte != 1)} by PTEs)" if pte else ""

@@ -17,6 +17,7 @@ from rdmapin.kernel import kpageflags as kpf
 from rdmapin.kernel import maps, memblock, pagemap, procfs
 from rdmapin.kernel.arch import PAGE_SIZE
 from rdmapin.kernel.kpageflags import KPF
+from rdmapin.kernel.printable import escape_all
 from rdmapin.kernel.units import human
 from rdmapin.pages import folios as folio_mod
 from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP, Descriptors, describe
@@ -83,7 +84,7 @@ class RegionReport:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(escape_all(self.to_dict()), sort_keys=True)  # comm, paths
 
     def __str__(self) -> str:
         from rdmapin.pages.render import render

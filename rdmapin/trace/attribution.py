@@ -60,6 +60,8 @@ class Owner:
     candidates: tuple[int, ...] = ()
 
     def label(self) -> str:
+        """'mr lkey=0x201 COMM[PID] ADDR+LENGTH', the comm as the process set it: print it
+        through rdmapin.kernel.printable.escape."""
         what = "pin" if self.source == "pin_user_pages" else "mr"
         key = f" lkey={self.lkey:#x}" if self.lkey is not None else ""
         if self.candidates:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from rdmapin.kernel.printable import escape
 from rdmapin.trace.attribution import Owner
 from rdmapin.trace.events import Event, Kind
 
@@ -124,7 +125,8 @@ def _hist_lines(name: str, buckets: dict[int, int]) -> list[str]:
 
 def render(s: Summary, totals: dict[str, int], hists: dict[str, dict[int, int]],
            title: str = "summary") -> str:
-    """People's view: one idea per line, aligned, units in the headers."""
+    """People's view: one idea per line, aligned, units in the headers; owners' names
+    escaped (rdmapin.kernel.printable)."""
     out = [f"--- {title} ---"]
     d = s.to_dict(totals, hists)
     if d["migrate_by_reason"]:
@@ -134,7 +136,7 @@ def render(s: Summary, totals: dict[str, int], hists: dict[str, dict[int, int]],
     if d["failures_by_owner"]:
         out.append(f"{'FOLIO FAILURES':>15} {'PFNS':>6}  OWNER")
         for r in d["failures_by_owner"]:
-            out.append(f"{r['failures']:>15} {r['pfns']:>6}  {r['owner']}")
+            out.append(f"{r['failures']:>15} {r['pfns']:>6}  {escape(r['owner'])}")
     c = d["compaction"]
     if c["blocks"]:
         ratio = f"{c['skip_ratio']:.3f}" if c["skip_ratio"] is not None else "-"
@@ -146,9 +148,9 @@ def render(s: Summary, totals: dict[str, int], hists: dict[str, dict[int, int]],
             for r in d["compaction_by_owner"]:
                 sk = f"{r['skip_ratio']:.3f}" if r["skip_ratio"] is not None else "-"
                 out.append(f"{r['blocks']:>8} {r['pinned']:>8} {r['scanned']:>8} "
-                           f"{r['taken']:>8} {sk:>6}  {r['owner']}")
+                           f"{r['taken']:>8} {sk:>6}  {escape(r['owner'])}")
     for r in d["isolation_busy_by_owner"]:
-        out.append(f"isolation refused {r['tests']} times: {r['owner']}")
+        out.append(f"isolation refused {r['tests']} times: {escape(r['owner'])}")
     for name, buckets in sorted(hists.items()):
         out += _hist_lines(name, buckets)
     keys = [k for k, v in totals.items() if v]
