@@ -14,6 +14,8 @@ from rdmapin.trace import Kind, Tracer
 from rdmapin.trace import decode as D
 from rdmapin.trace.attribution import Owner
 
+pytestmark = pytest.mark.pure
+
 NAMES = D.Names(migrate_reasons={0: "compaction", 5: "longterm_pin"},
                 compaction_status={1: "complete", 2: "continue"},
                 collapse_status={1: "succeeded", 7: "pinned"})

@@ -27,6 +27,7 @@ def _bpf_functions() -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.pure
 def test_kinds_are_the_headers_enum_in_order():
     assert [k.name for k in Kind] == [
         "MIGRATE", "FOLIO_FAIL", "COMPACT_BEGIN", "COMPACT_END", "ISOLATE_MIGRATE",
@@ -37,6 +38,7 @@ def test_kinds_are_the_headers_enum_in_order():
     assert set(EVENT_NAMES) == set(Kind)
 
 
+@pytest.mark.pure
 def test_counters_are_the_headers_enum_named_as_their_totals_keys():
     slots = [m.group(1) for m in re.finditer(r"^\s*RPC_(\w+),", HEADER_TEXT, re.M)]
     assert slots[-1] == "NR"
@@ -54,12 +56,14 @@ def test_vmstat_keys_are_exactly_the_counters_marked_and_named_as_in_proc_vmstat
     assert set(COUNTERS) & set(vmstat) == set(VMSTAT_KEYS)
 
 
+@pytest.mark.pure
 def test_every_counter_is_counted_by_some_probe():
     text = "".join(p.read_text() for p in sources.bpf_dir().glob("*.[ch]"))
     for name in COUNTERS:
         assert re.search(rf"rp_count\(RPC_{name.upper()},", text), name
 
 
+@pytest.mark.pure
 def test_every_kind_has_one_member_and_the_probes_write_that_members_fields():
     """Each function that starts an event of a kind (rp_init(&ev, RP_X)) touches only the
     union member the header gives that kind, and only fields that member has; together the
@@ -87,6 +91,7 @@ def test_every_kind_has_one_member_and_the_probes_write_that_members_fields():
         assert written[m.name] == set(m.field_names), m.name
 
 
+@pytest.mark.pure
 def test_record_is_the_headers_size_with_the_generic_fields_first():
     rec = LAYOUT.record
     assert ctypes.sizeof(rec) == LAYOUT.size == 96
@@ -101,6 +106,7 @@ def test_record_is_the_headers_size_with_the_generic_fields_first():
     assert LAYOUT.stages == {0: "move", 1: "unmap"}
 
 
+@pytest.mark.pure
 def test_check_compiled_takes_bccs_field_list_and_refuses_another():
     bcc_fields = ["ts_ns#u64", "pid#u32", "tid#u32", "comm#char[16]", "kind#u32",
                   "reason#s32", "ret#s32", "mode#u32",
@@ -113,18 +119,21 @@ def test_check_compiled_takes_bccs_field_list_and_refuses_another():
         LAYOUT.check_compiled(old)
 
 
+@pytest.mark.pure
 def test_parse_refuses_a_kind_without_a_member():
     text = HEADER_TEXT.replace("RP_COLLAPSE */", "*/")
     with pytest.raises(L.LayoutError, match="COLLAPSE"):
         L.parse(text)
 
 
+@pytest.mark.pure
 def test_parse_refuses_a_kind_named_by_two_members():
     text = HEADER_TEXT.replace("/* RP_PIN_LONGTERM */", "/* RP_PIN_LONGTERM, RP_MIGRATE */")
     with pytest.raises(L.LayoutError, match="MIGRATE"):
         L.parse(text)
 
 
+@pytest.mark.pure
 def test_parse_refuses_a_record_of_another_size():
     text = HEADER_TEXT.replace("#define RP_EVENT_SIZE 96", "#define RP_EVENT_SIZE 104")
     with pytest.raises(L.LayoutError, match="104"):
@@ -135,6 +144,7 @@ def test_parse_refuses_a_record_of_another_size():
         L.parse(bigger)
 
 
+@pytest.mark.pure
 def test_a_new_kind_and_field_in_the_header_is_all_the_user_side_needs():
     text = HEADER_TEXT.replace("\tRP_PIN_LONGTERM,", "\tRP_PIN_LONGTERM,\n\tRP_NEW_THING,")
     text = text.replace("struct rp_pin {", "struct rp_new {\n\tu64 x;\n\tu32 y;\n};\n\n"
