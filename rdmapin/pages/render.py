@@ -17,7 +17,8 @@ def render(r: RegionReport) -> str:
     out = [
         f"region {r.addr:#x} +{human(r.length)} ({r.length} B)  pid {r.pid} ({escape(r.comm)})",
         f"pages     {r.base_pages} x {human(PAGE_SIZE)}: present {r.present}, "
-        f"not present {r.not_present}, swapped {r.swapped}",
+        f"not present {r.not_present}, swapped {r.swapped}"
+        + (f"; mapped {human(r.mapped)} of it" if r.mapped < r.length else ""),
     ]
     out.append(f"{'BACKING':<14}{'PAGES':>10}{'FOLIOS':>10}{'BYTES':>12}")
     for name, pages in r.backing_pages.items():

@@ -6,6 +6,7 @@ covering the range and the zone layout, and decodes them with numpy (no per-page
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class RegionReport:
     present: int
     not_present: int
     swapped: int
+    mapped: int  # bytes of the range that some mapping covers
     backing_pages: dict[str, int]
     backing_folios: dict[str, int]
     folio_sizes: dict[int, int]  # folio bytes -> distinct folios
@@ -72,7 +74,7 @@ class RegionReport:
         return {
             "pid": self.pid, "comm": self.comm, "addr": self.addr, "bytes": self.length,
             "base_pages": self.base_pages, "page_size": PAGE_SIZE, "present": self.present,
-            "not_present": self.not_present, "swapped": self.swapped,
+            "not_present": self.not_present, "swapped": self.swapped, "mapped": self.mapped,
             "backing_pages": self.backing_pages, "backing_folios": self.backing_folios,
             "folio_sizes": {str(k): v for k, v in sorted(self.folio_sizes.items())},
             "runs": self.runs, "longest_run": self.longest_run,
@@ -134,8 +136,9 @@ def _vma_dict(v: maps.Vma, addr: int, length: int, thp_pages: int | None) -> dic
     return d
 
 
-def _thp_pages_per_vma(vmas: list[maps.Vma], addr: int, length: int, page0: int,
-                       present: np.ndarray, fol: folio_mod.Folios | None) -> list[int | None]:
+def _thp_pages_per_vma(vmas: list[maps.Vma], geo_vmas: list[maps.Vma], addr: int,
+                       length: int, page0: int, present: np.ndarray,
+                       fol: folio_mod.Folios | None) -> list[int | None]:
     """Anonymous THP pages (kpageflags) inside each VMA whose PTE-mapped THP can be told
     (smaps read, the range covers it whole); None for the others and without page flags.
     Nothing is computed when no VMA qualifies (the default, smaps not read)."""
@@ -147,8 +150,8 @@ def _thp_pages_per_vma(vmas: list[maps.Vma], addr: int, length: int, page0: int,
     thp[present] = (category == folio_mod.CAT["thp_2m"]) | (category == folio_mod.CAT["thp_other"])
     cum = np.concatenate(([0], np.cumsum(thp)))
     out: list[int | None] = []
-    for v, w in zip(vmas, want, strict=True):
-        sl = _page_slice(v, page0, len(present))
+    for g, w in zip(geo_vmas, want, strict=True):
+        sl = _page_slice(g, page0, len(present))
         out.append(int(cum[sl.stop] - cum[sl.start]) if w else None)
     return out
 
@@ -171,19 +174,34 @@ def _runs(pfns: np.ndarray, present: np.ndarray, all_present: bool) -> tuple[int
     return len(starts), int((ends - starts + 1).max())
 
 
-# A report holds 8-byte pagemap entries (and PFNs) for every base page of its range: past
-# 2^24 pages (64 GiB of address space, 128 MiB per array) it is refused before any read.
+# A report reads one 8-byte pagemap entry per base page. A range wider than this many pages
+# is read only where it is mapped (a 128 TiB range of a small process reads its few MiB of
+# mappings); if even its mapped part is wider, it is refused before any read.
 MAX_PAGES = 1 << 24
 
 
-def _refuse_span(pid: int, addr: int, length: int, vmas: list[maps.Vma]) -> None:
-    mapped = sum(min(v.end, addr + length) - max(v.start, addr) for v in vmas)
+def _refuse_span(pid: int, addr: int, length: int, mapped: int, nvmas: int) -> None:
     raise RdmapinError(
-        f"{addr:#x}+{length} spans {human(length)} of address space "
-        f"({human(mapped)} of it mapped in pid {pid}, {len(vmas)} mappings); a page "
-        f"report reads every base page of its range, at most {human(MAX_PAGES * PAGE_SIZE)}",
+        f"{addr:#x}+{length} has {human(mapped)} mapped in pid {pid} ({nvmas} mappings); a "
+        f"page report reads every mapped base page, at most {human(MAX_PAGES * PAGE_SIZE)}",
         hint=f"report one mapping at a time: --addr START --len SIZE from /proc/{pid}/maps, "
              "or an MR with --mr LKEY")
+
+
+def _mapped_spans(vmas: list[maps.Vma], page0: int, count: int) -> list[tuple[int, int]]:
+    """[start, end) of each VMA clipped to the range's pages (page-aligned)."""
+    end = page0 + count * PAGE_SIZE
+    return [(max(v.start, page0), min(v.end, end)) for v in vmas
+            if min(v.end, end) > max(v.start, page0)]
+
+
+def _compressed(vmas: list[maps.Vma], spans: list[tuple[int, int]]) -> list[maps.Vma]:
+    """The VMAs in the coordinates of the mapped pages laid end to end (a sparse read)."""
+    out, pos = [], 0
+    for v, (lo, hi) in zip(vmas, spans, strict=True):
+        out.append(dataclasses.replace(v, start=pos, end=pos + (hi - lo)))
+        pos += hi - lo
+    return out
 
 
 def inspect(addr: int, length: int, pid: int | None = None,
@@ -202,9 +220,19 @@ def inspect(addr: int, length: int, pid: int | None = None,
     if not vmas:
         raise RdmapinError(f"pid {pid} has nothing mapped at {addr:#x}+{length}",
                            hint=f"see /proc/{pid}/maps for its mappings")
-    if count > MAX_PAGES:
-        _refuse_span(pid, addr, length, vmas)
-    entries = pagemap.read(pid, addr, length)
+    spans = _mapped_spans(vmas, page0, count)
+    mapped = sum(hi - lo for lo, hi in spans)
+    sparse = count > MAX_PAGES
+    if sparse:
+        # Only the mapped pages are read, laid end to end; page indices below are theirs.
+        if mapped // PAGE_SIZE > MAX_PAGES:
+            _refuse_span(pid, addr, length, mapped, len(vmas))
+        entries = np.concatenate([pagemap.read(pid, lo, hi - lo) for lo, hi in spans])
+    else:
+        entries = pagemap.read(pid, addr, length)
+    # The page geometry the per-VMA slices below use: the range's, or the mapped pages'.
+    geo_vmas, geo0, geo_count = ((_compressed(vmas, spans), 0, len(entries)) if sparse
+                                 else (vmas, page0, count))
     limits: list[str] = []
     present = pagemap.present(entries)
     all_present = bool(present.all())
@@ -238,7 +266,9 @@ def inspect(addr: int, length: int, pid: int | None = None,
         if (flags & _HUGE).any():
             if not detail:
                 vmas = maps.covering(pid, addr, length, True)
-            hp = _hugetlb_pages(vmas, page0, count)[present]
+                geo_vmas = (_compressed(vmas, _mapped_spans(vmas, page0, count)) if sparse
+                            else vmas)
+            hp = _hugetlb_pages(geo_vmas, geo0, geo_count)[present]
         excl = pagemap.exclusive(entries if all_present else entries[present])
         fol = folio_mod.group(pfns, flags, excl, hp)
         by_cat = np.bincount(fol.category, weights=fol.in_range, minlength=ncat)
@@ -253,7 +283,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
         mlocked = int(fol.in_range[fol.head_flags & _MLOCKED != 0].sum())
         unevictable = int(fol.in_range[fol.head_flags & _UNEVICTABLE != 0].sum())
 
-    runs, longest = _runs(pfns_all, present, all_present)
+    runs, longest = _runs(pfns_all, present, all_present)  # sparse: across gaps too
     nodes: dict[int, int] = {}
     zone_counts: dict[str, int] = {}
     descriptors = None
@@ -266,17 +296,21 @@ def inspect(addr: int, length: int, pid: int | None = None,
         for v, c in enumerate(np.bincount(zone.astype(np.int64) + 1)):
             if c:
                 zone_counts[memblock.ZONE_NAMES[v - 1] if v else "unknown"] = int(c)
-        descriptors = describe(addr, length, pfns, folio_count, pgsz_bitmap)
+        if not sparse:  # DMA blocks are for a range one MR could cover
+            descriptors = describe(addr, length, pfns, folio_count, pgsz_bitmap)
+        else:
+            limits.append(f"range of {human(length)}: only its {human(mapped)} mapped was "
+                          "read; no DMA blocks for a range no MR could cover")
     return RegionReport(
         pid=pid, comm=procfs.comm(pid), addr=addr, length=length, base_pages=count,
-        present=n_present, not_present=count - n_present,
+        present=n_present, not_present=count - n_present, mapped=mapped,
         swapped=0 if all_present else int(pagemap.swapped(entries).sum()),
         backing_pages=backing_pages, backing_folios=backing_folios, folio_sizes=folio_sizes,
         runs=runs, longest_run=longest, descriptors=descriptors,
         descriptors_complete=n_present == count, nodes=nodes, zones=zone_counts,
         mlocked=mlocked, unevictable=unevictable,
         vmas=[_vma_dict(v, addr, length, t) for v, t in
-              zip(vmas, _thp_pages_per_vma(vmas, addr, length, page0, present, fol),
+              zip(vmas, _thp_pages_per_vma(vmas, geo_vmas, addr, length, geo0, present, fol),
                   strict=True)],
         limits=limits,
         pfns=pfns_all, entries=entries, flags=flags,
