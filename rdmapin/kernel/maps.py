@@ -83,8 +83,9 @@ def read(pid: int | str = "self", detail: bool = True) -> list[Vma]:
     path = f"/proc/{pid}/{'smaps' if detail else 'maps'}"
     try:
         # A path is the file's name, any bytes (show_map_vma escapes only a newline, as
-        # \012): undecodable ones kept for rdmapin.kernel.printable.escape.
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        # \012): undecodable ones kept for rdmapin.kernel.printable.escape, and no newline
+        # translation (newline=""): a \r in a name is not a line end.
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             return parse(f.read(), path)
     except OSError as e:
         raise RdmapinOSError(e.errno or 0, f"read {path}",

@@ -80,8 +80,9 @@ def parse_meminfo(text: str, path: str = "/proc/meminfo") -> dict[str, int]:
 
 def status(pid: int | str = "self") -> dict[str, int | str]:
     """/proc/PID/status; the ``kB`` fields become bytes (VmPin, VmLck, VmRSS ...)."""
-    # Name: is the comm, any byte but NUL (fs/proc/array.c escapes only \n and \\ in it)
-    text = (PROC / str(pid) / "status").read_text("utf-8", "surrogateescape")
+    # Name: is the comm, any byte but NUL (fs/proc/array.c escapes only \n and \\ in it):
+    # bytes decoded as they are, no newline translation (a \r in it is not a line end)
+    text = (PROC / str(pid) / "status").read_bytes().decode("utf-8", "surrogateescape")
     return parse_status(text, f"/proc/{pid}/status")
 
 

@@ -27,7 +27,12 @@ class lines:  # lower case: used like open()
         return self
 
     def __iter__(self) -> Iterator[str]:
-        for lineno, line in enumerate(self.text.splitlines(), 1):
+        # At "\n" only: str.splitlines also splits at \r, \v, \f, \x1c-\x1e, \x85,
+        # U+2028 and U+2029, which a comm (status' Name:) or a file name (maps) may hold.
+        split = self.text.split("\n")
+        if split[-1] == "":  # the newline ending the last line
+            split.pop()
+        for lineno, line in enumerate(split, 1):
             self.lineno, self.line = lineno, line
             yield line
 

@@ -3,10 +3,11 @@
 holding a real long-term pin (an io_uring fixed buffer over a memfd: tests/uring.py) rename
 themselves and their memfd to names that break naive renderers and parsers: a Prometheus
 label break, a /proc/PID/stat lookalike, a terminal escape, a bidi override, a byte that is
-not UTF-8 and the text of an escape. Every output about them shows the name escaped
-(rdmapin.kernel.printable), keeps its number of lines, and parses: text, JSON, the
-Prometheus exposition (prometheus_client's parser, and promtool where installed) and the
-trace's columns (the host's tracepoint-only tracer, run in a private mount namespace)."""
+not UTF-8, the text of an escape, and line breaks other than a newline. Every output about
+them shows the name escaped (rdmapin.kernel.printable), keeps its number of lines, and
+parses: text, JSON, the Prometheus exposition (prometheus_client's parser, and promtool
+where installed) and the trace's columns (the host's tracepoint-only tracer, run in a
+private mount namespace)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ NAMES = {
     "bidi": "a\u202eb".encode(),
     "not-utf8": b"ab\xff",
     "backslash": rb"\x1b[2J",  # the text of an escape must not read as the escape
+    # every line break str.splitlines knows but \n: a reader splitting there (status' Name:,
+    # a path in smaps) failed on this process and `rdmapin inspect` left it out
+    "linebreaks": "a\r\v\f\x1c\x1d\x1e\x85\u2028\u2029".encode(),
 }
 PLAIN = b"plain"  # the baseline: what a harmless name prints
 
@@ -153,6 +157,7 @@ def check_name(shown: str, child: Child) -> None:
 
 # The escaper itself.
 
+@pytest.mark.pure
 def test_every_byte_comes_back_and_no_two_names_print_alike():
     raws = [bytes([b]) for b in range(256)] + [bytes(range(256)), *NAMES.values(),
                                                 "\u2028\u00a0\u200f\ufeff".encode(),
@@ -164,6 +169,7 @@ def test_every_byte_comes_back_and_no_two_names_print_alike():
         assert shown.setdefault(text, raw) == raw, f"{raw!r} prints as {shown[text]!r} does"
 
 
+@pytest.mark.pure
 def test_the_escapes_are_the_documented_ones():
     assert escape('a"} 1\n#x') == 'a"} 1\\x0a#x'
     assert escape("x) S 1 (y") == "x) S 1 (y"
@@ -175,12 +181,27 @@ def test_the_escapes_are_the_documented_ones():
     assert escape("é ünïcode") == "é ünïcode"
 
 
+@pytest.mark.pure
 def test_json_of_a_name_that_is_not_utf8_is_valid_and_round_trips():
     obj = {"comm": "ab\udcff", "owners": [{"label": "mr a\u202eb[1]"}], "pid": 1}
     line = json.dumps(escape_all(obj), sort_keys=True)
     assert check_json(line) == {"comm": "ab\\xff", "owners": [{"label": "mr a\\u202eb[1]"}],
                                 "pid": 1}
     line.encode("utf-8")  # json.dumps(obj) itself would carry a lone surrogate
+
+
+@pytest.mark.pure
+def test_a_name_with_line_breaks_other_than_a_newline_stays_on_its_line():
+    """The kernel's files end lines at \n only; a comm or a path may hold \r, \f, \x85 or
+    U+2028 (str.splitlines' other line ends) and must not start a line of its own."""
+    from rdmapin.kernel import maps
+
+    name = NAMES["linebreaks"].decode()
+    st = procfs.parse_status(f"Name:\t{name}\nVmPin:\t    4 kB\n")
+    assert st == {"Name": name.strip(), "VmPin": 4096}
+    (v,) = maps.parse(f"7f00-7f10 rw-s 00000000 00:01 7   /memfd:{name} (deleted)\n"
+                      "Rss:                   4 kB\n")
+    assert v.path == f"/memfd:{name} (deleted)" and v.fields == {"Rss": 4096}
 
 
 # The commands, on the real processes.
@@ -197,6 +218,13 @@ def test_inspect(children, key):
     row = check_json(line)
     check_name(row["comm"], kid)
     assert row["pid"] == kid.pid and row["vm_pin"] == kid.length and row["mrs"] == 0
+
+
+def test_inspect_lists_every_renamed_process(children):
+    """No name hides its process from `rdmapin inspect` (every process with VmPin > 0)."""
+    rows = {r["pid"]: r for r in map(check_json, check_text(rdmapin("inspect", "-j")))}
+    for kid in children.values():
+        check_name(rows[kid.pid]["comm"], kid)
 
 
 @pytest.mark.parametrize("key", NAMES)
