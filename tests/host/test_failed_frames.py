@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.pure
+
 TESTS = Path(__file__).resolve().parents[1]
 
 INNER = '''
 import mmap
-
-pytestmark = pytest.mark.pure
 
 def shmem_mib():
     for line in open("/proc/self/status"):
