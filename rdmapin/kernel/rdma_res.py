@@ -68,7 +68,7 @@ def parse(text: str, path: str = SOURCE) -> list[KernelMr]:
             chunk = chunk.strip()
             if not chunk:
                 continue
-            data = json.loads(chunk)
+            data = json.loads(chunk, strict=False)
             stack = data if isinstance(data, list) else [data]
             rows: list[dict] = []
             for item in stack:
@@ -110,12 +110,14 @@ def mrs(pid: int | None = None) -> list[KernelMr]:
     argv = ["rdma", "-j", "-d", "res", "show", "mr"]
     if pid is not None:
         argv += ["pid", str(int(pid))]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, capture_output=True, check=False)
     if proc.returncode != 0:
         raise RdmapinError(f"{' '.join(argv)} failed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip()}",
+                           f"{proc.stderr.decode(errors='replace').strip()}",
                            hint="needs iproute2 with RDMA support and the rdma netlink module")
-    found = parse(proc.stdout)
+    # A comm is any bytes but NUL, and iproute2 prints it raw inside its JSON: decoded as it
+    # is (surrogateescape, no newline translation), parsed with control characters allowed.
+    found = parse(proc.stdout.decode("utf-8", "surrogateescape"))
     if pid is not None:
         found = [m for m in found if m.pid == pid]
     return found

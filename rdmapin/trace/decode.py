@@ -153,5 +153,5 @@ def decode(r: Any, t0_ns: int, names: Names) -> Event:
     kind = Kind(r.kind)
     d = DECODERS[kind](getattr(r, MEMBERS[kind]), r, names)
     return Event(ts=(r.ts_ns - t0_ns) / 1e9, kind=kind, pid=r.pid, tid=r.tid,
-                 comm=r.comm.decode(errors="replace"), reason=d.reason, pfn=d.pfn,
+                 comm=r.comm.decode(errors="surrogateescape"), reason=d.reason, pfn=d.pfn,
                  pfn_end=d.pfn_end, detail=d.detail)

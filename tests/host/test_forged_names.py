@@ -287,7 +287,6 @@ def test_trace_columns_and_json(children):
     lines = check_text(text.decode("utf-8"))
     events = [check_json(x) for x in check_text(js.decode("utf-8"))]
     assert events[-1]["summary"] == "summary" and events[-1]["totals"]["lost_events"] == 0
-    lossy = []
     for kid in children.values():
         mine = [e for e in events if e.get("pid") == kid.pid]
         assert mine, f"no event of pid {kid.pid}"
@@ -296,14 +295,7 @@ def test_trace_columns_and_json(children):
         rows = [m.group(1) for m in map(row.match, lines) if m]
         assert len(rows) == len(mine)  # one line per event: no name broke a row
         assert all(e["comm"] == rows[0] for e in mine) and set(rows) == {rows[0]}
-        if rows[0] == escape(kid.raw.decode("utf-8", "replace")) != escape(kid.name):
-            lossy.append(rows[0])  # the tracer decoded the BPF comm with errors="replace"
-            continue
         check_name(rows[0], kid)
-    if lossy:
-        pytest.xfail(f"the trace shows {lossy} for a comm that is not UTF-8: "
-                     "rdmapin/trace/decode.py decodes it with errors='replace', not "
-                     "'surrogateescape' as rdmapin.kernel.procfs.comm does")
 
 
 def test_trace_summary_and_prometheus(children):
