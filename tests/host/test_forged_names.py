@@ -247,6 +247,7 @@ def test_pages(children, key):
     assert v["path"] == path and unescape(v["path"]) == kid.path
 
 
+@pytest.mark.host_kernel  # two bcc compiles: minutes under TCG; the columns are the same there
 def test_trace_columns_and_json(children):
     """Two tracers at once, one printing columns and one JSON, see the same events: the
     compactions each renamed process runs. Each event is one row whose COMM column is the

@@ -51,6 +51,7 @@ def test_doctor_and_explain_show_the_same_plan():
     assert text.splitlines() == loader.plan(features.probe()).lines()
 
 
+@pytest.mark.host_kernel  # a refusal needs a kernel without kprobes
 def test_a_refused_kprobe_is_the_programs_not_written_back_into_the_features():
     """This host has no kprobes: a plan that asks for ib_umem_get's kprobe (pins.c compiled
     with a stand-in FOLL_LONGTERM) loads its tracepoints and records the refusal."""
