@@ -17,6 +17,15 @@ from hypothesis import strategies as st
 from rdmapin import cli
 
 PARSER = cli.build_parser()
+# The run-level suites run the real commands: under TCG a doctor run or a whole-memory fragmap
+# scan takes tens of seconds, so the guests run a few examples each (derandomized: the first
+# of the host's), the host many.
+IN_VM = os.environ.get("RDMAPIN_IN_VM") == "1"
+
+
+def examples(host: int, guest: int) -> int:
+    return guest if IN_VM else host
+
 SUB = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction))
 COMMANDS = sorted(SUB.choices)
 
@@ -98,7 +107,7 @@ LEN_VALUES = st.one_of(st.integers(min_value=-1, max_value=2**64 + 5).map(str),
                        st.sampled_from(["4K", "2M", "1G", "128T", "0"]), VALUES)
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60, 12))
 @given(pid=PID_VALUES, addr=ADDR_VALUES, length=LEN_VALUES, js=st.booleans())
 @example(pid=str(os.getpid()), addr="0x0", length="99999999999999999", js=False)
 @example(pid=str(os.getpid()), addr=hex(2**64 - 4096), length="8192", js=True)
@@ -107,13 +116,13 @@ def test_pages_exits_0_1_or_2_and_json_is_json(pid, addr, length, js):
     _assert_answered(*_run(args), js)
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25, 4))
 @given(pids=st.lists(PID_VALUES, max_size=3), js=st.booleans())
 def test_inspect_exits_0_1_or_2_and_json_is_json(pids, js):
     _assert_answered(*_run(["inspect", *(["-j"] if js else []), "--", *pids]), js)
 
 
-@settings(max_examples=8)
+@settings(max_examples=examples(8, 2))
 @given(check=st.lists(st.sampled_from(["rdma", "memlock", "maps", "thp", "zones", "tracing",
                                        "bogus", ""]), max_size=3), js=st.booleans())
 def test_doctor_exits_0_1_or_2_and_json_is_json(check, js):
@@ -124,7 +133,7 @@ def test_doctor_exits_0_1_or_2_and_json_is_json(check, js):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the physical map needs root")
-@settings(max_examples=4)
+@settings(max_examples=examples(4, 1))
 @given(pid=PID_VALUES, png=st.sampled_from(["/nonexistent/x.png", "/", "", None]))
 def test_fragmap_exits_0_1_or_2_and_json_is_json(pid, png):
     args = ["fragmap", "-j", "-p", pid] + (["--png", png] if png is not None else [])
@@ -143,7 +152,7 @@ def test_trace_and_bench_bad_examples_are_errors_not_tracebacks(args):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="PFNs and page flags need root")
-@settings(max_examples=80)
+@settings(max_examples=examples(80, 20))
 @given(addr=st.integers(min_value=0, max_value=2**64 - 1),
        length=st.integers(min_value=-1, max_value=2**64))
 @example(addr=0, length=2**64)
