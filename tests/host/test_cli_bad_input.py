@@ -16,6 +16,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120, check=False)
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize(("args", "says"), [
     (("trace", "-d", "-1"), "must be > 0"),
     (("trace", "-d", "nan"), "must be > 0"),

@@ -14,8 +14,10 @@ import pytest
 
 from rdmapin.kernel import tracefs
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                                reason="mount namespaces need root and unshare")
+# About the host's mounts (a guest always has tracefs): the host runs it.
+pytestmark = [pytest.mark.host_only,
+              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                                 reason="mount namespaces need root and unshare")]
 
 UNMOUNT = ("for m in /sys/kernel/debug/tracing /sys/kernel/debug /sys/kernel/tracing; do "
            "umount -l $m 2>/dev/null; done; ")
