@@ -28,6 +28,10 @@ import pytest
 from rdmapin.kernel import pagemap, procfs
 from rdmapin.kernel.printable import escape, escape_all, unescape
 
+# Renamed processes checked through dozens of CLI runs: the same bytes on every kernel, and
+# minutes under TCG, so the host runs it (the guests run the tracer's own name tests).
+pytestmark = pytest.mark.host_only
+
 TOP = Path(__file__).resolve().parents[2]
 TESTS = TOP / "tests"
 
@@ -53,9 +57,6 @@ import ctypes, mmap, os, sys
 sys.path.insert(0, sys.argv[1])
 from uring import FixedBuffer
 
-# Renamed processes checked through dozens of CLI runs: the same bytes on every kernel, and
-# minutes under TCG, so the host runs it (the guests run the tracer's own name tests).
-pytestmark = pytest.mark.host_only
 name, length = bytes.fromhex(sys.argv[2]), 1 << 16
 fd = os.memfd_create(name)
 os.ftruncate(fd, length)
