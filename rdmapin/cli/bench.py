@@ -29,12 +29,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="alternating rounds per contender")
     p.add_argument("--sizes", type=_sizes, default="64,256,1024", metavar="MIB,...",
                    help="region sizes in MiB ('' for none; default 64,256,1024)")
-    p.add_argument("--pages", default="4k,thp,2m", metavar="KIND,...",
+    p.add_argument("--pages", type=_kinds, default="4k,thp,2m", metavar="KIND,...",
                    help="backings: 4k, thp, 2m, 1g (default 4k,thp,2m)")
     p.add_argument("--plot", type=argtypes.output_file, metavar="FILE",
                    help="write a PNG of the results")
     p.add_argument("-j", "--json", action="store_true", help="JSON lines instead of tables")
     p.set_defaults(func=run)
+
+
+def _kinds(text: str) -> list[str]:
+    """'4k,2m' -> the backings, each one rdmapin.alloc knows (checked before any work)."""
+    from rdmapin.memory import KINDS
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad))}: expected backings "
+                                         f"from {', '.join(KINDS)}")
+    return kinds
 
 
 def _sizes(text: str) -> list[int]:
@@ -89,7 +101,7 @@ def plot(ops: list[bench.PerOp], rows: list[bench.Bulk], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    kinds = [k.strip() for k in args.pages.split(",") if k.strip()]
+    kinds = args.pages if isinstance(args.pages, list) else _kinds(args.pages)
     ops, rows = bench.run(args.device, iters=args.iters, rounds=args.rounds,
                           sizes=args.sizes, kinds=kinds)
     if args.json:
