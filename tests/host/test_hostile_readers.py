@@ -28,9 +28,11 @@ FORMAT = (  # compaction:mm_compaction_end as 6.1 prints it, cut short
 
 def _seed(path: str) -> str:
     try:
-        return Path(path).read_text()[:4000]
+        text = Path(path).read_text()
     except OSError:
         return ""
+    # The first whole lines up to 4000 characters: a cut line would be a broken seed.
+    return text if len(text) <= 4000 else text[:4000].rsplit("\n", 1)[0] + "\n"
 
 
 READERS = {
