@@ -41,6 +41,9 @@ class Early:
     device: str | None = None
     keys_next: float = 0.0
     keys_until: float = 0.0
+    # The owner its event made while the key lookup was still running (the kernel's MR list
+    # takes 0.2-0.9 s under TCG): keys found after that go to it too.
+    owner: Owner | None = None
 
 
 @dataclass
@@ -81,6 +84,8 @@ class Ledger:
         self.read_ahead.add((umem, ts_ns))  # its event came first: watch need not read it
         if e is not None:
             o.lkey, o.device = e.lkey, e.device
+            if e.lkey is None:
+                e.owner = o  # a lookup in flight on the watch thread fills it in
             self.owners.add(o, e.pfns)
         else:
             self.owners.add_range(o)
@@ -181,3 +186,6 @@ class Ledger:
             found = unclaimed_kernel_mr(mrs, e.pid, e.size, taken)
         if found is not None:
             e.lkey, e.device = found
+            o = e.owner
+            if o is not None and o.lkey is None:  # its event was decoded meanwhile
+                o.lkey, o.device = found
