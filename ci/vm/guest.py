@@ -1,0 +1,179 @@
+"""One QEMU guest with soft-RoCE, as ci/vm/run and ci/vm/pair boot it.
+
+The pieces both launchers share: the guest's configuration turned into a virtme-ng argv, the
+kernel cache, starting vng in its own process group, and reading the outcome back from the
+guest's kernel console (guest-init's exit-status mark, a panic, a timeout).
+Standard library only: it runs before the venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[2]
+HERE = TOP / "ci" / "vm"
+EXIT_MARK = "rdmapin-guest: exit status "
+
+
+def size_mib(text: str) -> int:
+    """'2G' / '512M' / '1536' (MiB) -> MiB."""
+    m = re.fullmatch(r"(\d+)([MmGg]?)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected N, NM or NG")
+    n = int(m.group(1))
+    return n * 1024 if m.group(2).lower() == "g" else n
+
+
+@dataclass
+class GuestConfig:
+    """Everything that shapes one guest; built from the command line, turned into argv."""
+
+    kernel_dir: Path
+    kver: str
+    memory_mib: int = 2048
+    nodes: int = 2
+    cpus: int = 2
+    hugepages: int = 64
+    memlock: str = "unlimited"
+    dimm_mib: int = 0
+    append: list[str] = field(default_factory=list)
+    qemu_opts: list[str] = field(default_factory=list)
+    kvm: bool = False
+    results: Path = TOP / "results"
+    command: list[str] = field(default_factory=list)
+    name: str = "rdmapin-vm"  # the guest's hostname
+    init_args: list[str] = field(default_factory=list)  # extra guest-init options
+
+    def vng_argv(self, console_log: Path, interactive: bool) -> list[str]:
+        argv = [
+            "vng", "--run", str(self.kernel_dir / "boot" / f"vmlinuz-{self.kver}"),
+            "--force-9p", "--user", "root", "--cpus", str(self.cpus),
+            "--rwdir", str(TOP), "--name", self.name,
+        ]
+        if self.results.resolve() != TOP and not self.results.resolve().is_relative_to(TOP):
+            argv += ["--rwdir", str(self.results)]
+        if not self.kvm:
+            argv.append("--disable-kvm")
+        qemu = list(self.qemu_opts)
+        append = [f"hugepages={self.hugepages}"] if self.hugepages else []
+        if self.dimm_mib:
+            # Boot memory is node 0; node 1 holds only a hot-plugged DIMM, onlined as
+            # movable-capable kernel memory so its blocks can be offlined by the tests.
+            argv += ["--memory", f"{self.memory_mib}M", "--numa", f"{self.memory_mib}M"]
+            qemu += [
+                "-m", f"{self.memory_mib}M,slots=2,maxmem={self.memory_mib + self.dimm_mib}M",
+                "-object", f"memory-backend-ram,id=hp1,size={self.dimm_mib}M",
+                "-numa", "node,nodeid=1",
+                "-device", "pc-dimm,id=dimm1,memdev=hp1,node=1",
+            ]
+            append.append("memhp_default_state=online_kernel")
+        else:
+            argv += ["--memory", f"{self.memory_mib}M"]
+            if self.nodes > 1:
+                per = self.memory_mib // self.nodes
+                sizes = [per] * (self.nodes - 1) + [self.memory_mib - per * (self.nodes - 1)]
+                for s in sizes:
+                    argv += ["--numa", f"{s}M"]
+        if not interactive:
+            # A second console on virtio (hvc0) captures the kernel log into a file, so a
+            # panic or hang can be shown; ttyS0 stays virtme-ng's.
+            qemu += [
+                "-chardev", f"file,id=rdmapinlog,path={console_log}",
+                "-device", "virtio-serial-pci",
+                "-device", "virtconsole,chardev=rdmapinlog",
+            ]
+            append += ["console=hvc0", "loglevel=6"]
+        append += self.append
+        if qemu:
+            argv.append("--qemu-opts=" + shlex.join(qemu))
+        for a in append:
+            argv += ["--append", a]
+        guest = [
+            str(HERE / "guest-init"),
+            "--kernel-dir", str(self.kernel_dir), "--memlock", self.memlock,
+            "--results", str(self.results), "--top", str(TOP), *self.init_args, "--",
+            *self.command,
+        ]
+        if interactive:
+            # virtme-ng's script mode has no tty: give the guest a real console shell whose
+            # login "shell" is guest-shell, which reads this setup from the kernel command line.
+            argv += ["--shell", str(HERE / "guest-shell"), "--append",
+                     "rdmapin.init=" + base64.b64encode(shlex.join(guest).encode()).decode()]
+        else:
+            argv += ["--exec", shlex.join(guest)]
+        return argv
+
+
+def kernel_series() -> tuple[list[str], str]:
+    """KERNELS and KERNEL_DEFAULT from ci/vm/kernel.env (the one place versions live)."""
+    env = dict(re.findall(r'^(\w+)="?([^"\n]*)"?$', (HERE / "kernel.env").read_text(), re.M))
+    return env["KERNELS"].split(), env["KERNEL_DEFAULT"]
+
+
+def fetch_kernel(series: str) -> Path:
+    out = subprocess.run([str(HERE / "fetch-kernel"), series], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.strip()
+    return Path(out.splitlines()[-1])
+
+
+def find_vng() -> bool:
+    """vng on PATH (the venv's bin/ added when it is not); False when it is nowhere."""
+    if shutil.which("vng") is None:
+        venv_bin = TOP / ".venv" / "bin"
+        os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ['PATH']}"
+    return shutil.which("vng") is not None
+
+
+def console_tail(log: Path, lines: int = 40) -> str:
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no console log)"
+    return "\n".join(text[-lines:])
+
+
+def kill(proc: subprocess.Popen, sig: int) -> None:
+    """Stop vng and its QEMU (its own process group unless interactive)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        proc.send_signal(sig)
+    proc.wait()
+
+
+def failure(console_log: Path, timed_out: bool, timeout: float) -> str | None:
+    """Why a non-interactive guest did not finish its command, or None when it did: guest-init
+    writes the exit-status mark as its last console line, which a panic or hang never
+    reaches."""
+    log = console_log.read_text(errors="replace") if console_log.exists() else ""
+    if timed_out:
+        return f"timed out after {timeout:.0f} s"
+    if "Kernel panic" in log:
+        return "guest kernel crashed"
+    if EXIT_MARK not in log:
+        return "guest died before CMD finished"
+    return None
+
+
+def guest_status(console_log: Path) -> int | None:
+    """CMD's exit status as guest-init marked it on the console (None: no mark)."""
+    log = console_log.read_text(errors="replace") if console_log.exists() else ""
+    marks = re.findall(re.escape(EXIT_MARK) + r"(\d+)", log)
+    return int(marks[-1]) if marks else None
+
+
+def start(vng: list[str], *, interactive: bool = False,
+          stdin_ok: bool = True) -> subprocess.Popen:
+    """vng in a process group of its own (so a timeout kills its QEMU too), unless the guest
+    shell owns the terminal. QEMU forwards stdin to the guest; CI may give us none."""
+    return subprocess.Popen(vng, start_new_session=not interactive,
+                            stdin=None if stdin_ok else subprocess.DEVNULL)
+
