@@ -170,10 +170,10 @@ def guest_status(console_log: Path) -> int | None:
     return int(marks[-1]) if marks else None
 
 
-def start(vng: list[str], *, interactive: bool = False,
-          stdin_ok: bool = True) -> subprocess.Popen:
+def start(vng: list[str], *, interactive: bool = False, stdin_ok: bool = True,
+          stdout: int | None = None) -> subprocess.Popen:
     """vng in a process group of its own (so a timeout kills its QEMU too), unless the guest
     shell owns the terminal. QEMU forwards stdin to the guest; CI may give us none."""
     return subprocess.Popen(vng, start_new_session=not interactive,
-                            stdin=None if stdin_ok else subprocess.DEVNULL)
+                            stdin=None if stdin_ok else subprocess.DEVNULL, stdout=stdout)
 
