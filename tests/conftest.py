@@ -5,6 +5,7 @@ kprobes  kprobe/kretprobe attach and kernel headers for bcc
 vm       the guest's environment: NUMA node 1 and reserved 2 MiB hugetlb pages
 dimm     a hot-plugged DIMM as node 1 (ci/test boots a guest of its own for these)
 movable  a populated ZONE_MOVABLE (likewise, with movablecore=1G)
+pmem     an emulated NVDIMM's fsdax, page-cache and devdax namespaces (likewise, --pmem 1G)
 
 host_kernel  checks the tracer's tracepoint-only path on a kernel without kprobes (the
              host's); skipped where kprobes exist, whose full path tests/vm/test_trace_* cover

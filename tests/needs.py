@@ -63,6 +63,17 @@ def movable_missing() -> str | None:
     return "no populated ZONE_MOVABLE (boot with ci/vm/run --append movablecore=1G)"
 
 
+@functools.cache
+def pmem_missing() -> str | None:
+    """ci/vm/guest-pmem's namespaces: an ext4 -o dax mount, a page-cache ext4, a devdax."""
+    places = {k: os.environ.get(k) for k in
+              ("RDMAPIN_PMEM_DAX", "RDMAPIN_PMEM_PAGECACHE", "RDMAPIN_PMEM_DEVDAX")}
+    if not all(places.values()):
+        return "no NVDIMM namespaces (boot with ci/vm/run --pmem 1G)"
+    gone = [p for p in places.values() if not Path(p).exists()]
+    return f"{', '.join(gone)} missing" if gone else None
+
+
 def host_tracing_missing() -> str | None:
     """Why the tracer's tracepoint path cannot run on this host, or None.
 
@@ -100,4 +111,5 @@ NEEDS: dict[str, Callable[[], str | None]] = {
     "vm": vm_missing,
     "dimm": dimm_missing,
     "movable": movable_missing,
+    "pmem": pmem_missing,
 }

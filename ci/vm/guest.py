@@ -44,6 +44,7 @@ class GuestConfig:
     hugepages: int = 64
     memlock: str = "unlimited"
     dimm_mib: int = 0
+    pmem_mib: int = 0  # an emulated NVDIMM of this size (ci/vm/guest-pmem sets it up)
     append: list[str] = field(default_factory=list)
     qemu_opts: list[str] = field(default_factory=list)
     kvm: bool = False
@@ -69,7 +70,6 @@ class GuestConfig:
             # movable-capable kernel memory so its blocks can be offlined by the tests.
             argv += ["--memory", f"{self.memory_mib}M", "--numa", f"{self.memory_mib}M"]
             qemu += [
-                "-m", f"{self.memory_mib}M,slots=2,maxmem={self.memory_mib + self.dimm_mib}M",
                 "-object", f"memory-backend-ram,id=hp1,size={self.dimm_mib}M",
                 "-numa", "node,nodeid=1",
                 "-device", "pc-dimm,id=dimm1,memdev=hp1,node=1",
@@ -82,6 +82,18 @@ class GuestConfig:
                 sizes = [per] * (self.nodes - 1) + [self.memory_mib - per * (self.nodes - 1)]
                 for s in sizes:
                     argv += ["--numa", f"{s}M"]
+        if self.dimm_mib or self.pmem_mib:
+            slots = (2 if self.dimm_mib else 0) + (1 if self.pmem_mib else 0)
+            maxmem = self.memory_mib + self.dimm_mib + self.pmem_mib
+            qemu += ["-m", f"{self.memory_mib}M,slots={slots},maxmem={maxmem}M"]
+        if self.pmem_mib:
+            # An NVDIMM whose label area (>= 128 KiB) lets ndctl carve namespaces; a memfd
+            # backs it (shared, nothing left on disk), so every boot starts blank.
+            qemu += [
+                "-machine", "nvdimm=on",
+                "-object", f"memory-backend-memfd,id=pmem0,size={self.pmem_mib}M,share=on",
+                "-device", "nvdimm,id=nvdimm0,memdev=pmem0,label-size=128K",
+            ]
         if not interactive:
             # A second console on virtio (hvc0) captures the kernel log into a file, so a
             # panic or hang can be shown; ttyS0 stays virtme-ng's.
@@ -100,7 +112,7 @@ class GuestConfig:
             str(HERE / "guest-init"),
             "--kernel-dir", str(self.kernel_dir), "--memlock", self.memlock,
             "--results", str(self.results), "--top", str(TOP), *self.init_args, "--",
-            *self.command,
+            *([str(HERE / "guest-pmem"), "--"] if self.pmem_mib else []), *self.command,
         ]
         if interactive:
             # virtme-ng's script mode has no tty: give the guest a real console shell whose

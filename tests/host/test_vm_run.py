@@ -59,3 +59,18 @@ def test_bad_sizes_are_usage_errors(bad):
     r = subprocess.run([str(RUN), "--memory", bad, "--dry-run", "--", "true"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "expected N, NM or NG" in r.stderr
+
+
+def test_pmem_adds_an_nvdimm_with_a_label_area_and_its_setup():
+    argv = dry_run("--pmem", "1G", "--dimm", "512M")
+    qemu = shlex.split(next(a for a in argv if a.startswith("--qemu-opts=")).split("=", 1)[1])
+    assert qemu[qemu.index("-machine") + 1] == "nvdimm=on"
+    assert "memory-backend-memfd,id=pmem0,size=1024M,share=on" in qemu
+    nvdimm = next(w for w in qemu if w.startswith("nvdimm,"))
+    assert "memdev=pmem0" in nvdimm and "label-size=128K" in nvdimm
+    # One -m for both: the DIMM's two slots and the NVDIMM's one, maxmem covering both.
+    assert [qemu[i + 1] for i, w in enumerate(qemu) if w == "-m"] == \
+        ["2048M,slots=3,maxmem=3584M"]
+    exec_cmd = shlex.split(argv[argv.index("--exec") + 1])
+    tail = exec_cmd[exec_cmd.index("--") + 1:]
+    assert tail[0].endswith("ci/vm/guest-pmem") and tail[1:] == ["--", "sh", "-c", "exit 7"]
