@@ -23,11 +23,14 @@ from rdmapin.errors import (
     RdmapinError,
     RdmapinOSError,
     RegistrationError,
+    RendezvousError,
     UnsupportedError,
+    WorkCompletionError,
 )
 from rdmapin.memory import Buffer, alloc, empty
 from rdmapin.mr import MemoryRegion
 from rdmapin.pd import ProtectionDomain
+from rdmapin.wc import WcStatus, explain_wc
 
 __version__ = "0.1.0"
 
@@ -50,12 +53,16 @@ __all__ = [
     "RdmapinError",
     "RdmapinOSError",
     "RegistrationError",
+    "RendezvousError",
     "UnsupportedError",
+    "WcStatus",
+    "WorkCompletionError",
     "__version__",
     "alloc",
     "devices",
     "empty",
     "errors",
+    "explain_wc",
     "fork_init",
     "fork_status",
     "open_device",

@@ -79,3 +79,18 @@ class AllocationError(RdmapinOSError):
 
 class HugepagesError(AllocationError):
     """Not enough free hugetlb pages of the size asked for (on the node asked for)."""
+
+
+class WorkCompletionError(RdmapinError):
+    """A work request completed with an error status (rdmapin.explain_wc builds it): names
+    the status and its usual causes. After it the QP is in the error state."""
+
+    def __init__(self, status: int, status_name: str, vendor_err: int, message: str, *,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status, self.status_name, self.vendor_err = status, status_name, vendor_err
+
+
+class RendezvousError(RdmapinError):
+    """Two peers could not exchange what their QPs need (rdmapin.rendezvous): no peer in
+    time, the peer went away, or the two sides are out of step."""
