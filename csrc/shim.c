@@ -29,7 +29,7 @@ int rdmapin_errno(void)
 
 int rdmapin_verbs_api_version(void)
 {
-	return 2;
+	return 3;
 }
 
 int rdmapin_list_devices(struct rdmapin_device_info *out, int max)
@@ -501,4 +501,24 @@ int rdmapin_munmap(void *addr, size_t length)
 int rdmapin_madvise(void *addr, size_t length, int advice)
 {
 	return madvise(addr, length, advice) ? -errno : 0;
+}
+
+int rdmapin_reg_many(struct rdmapin_pd *p, const uint64_t *addrs, const uint64_t *lengths,
+		     int n, int access, struct rdmapin_mr **out, int *err)
+{
+	int i, j;
+
+	for (i = 0; i < n; i++) {
+		out[i] = rdmapin_reg_mr(p, (void *)(uintptr_t)addrs[i], lengths[i], access);
+		if (out[i])
+			continue;
+		*err = rdmapin_saved_errno;
+		for (j = i - 1; j >= 0; j--) {  /* all or none: undo, newest first */
+			rdmapin_dereg_mr(out[j]);
+			rdmapin_mr_free(out[j]);
+			out[j] = NULL;
+		}
+		return -(i + 1);
+	}
+	return n;
 }

@@ -65,7 +65,8 @@ int rdmapin_errno(void);
 
 /* The version of the declarations in this file; rdmapin/_lib.py's API_VERSION must equal it
  * (bump both when a declaration changes), so a stale build is refused at import. 2: the
- * unused rdmapin_device_count and rdmapin_device_name are gone, rdmapin_pd_reopen is new. */
+ * unused rdmapin_device_count and rdmapin_device_name are gone, rdmapin_pd_reopen is new;
+ * 3: rdmapin_reg_many and the registration cache (regcache.h). */
 int rdmapin_verbs_api_version(void);
 
 /* Device list: names and GUIDs copied out, so Python holds no pointer into the list. */
@@ -177,3 +178,10 @@ int rdmapin_is_fork_initialized(void);
 void *rdmapin_mmap(size_t length, size_t align, int extra_flags);
 int rdmapin_munmap(void *addr, size_t length);
 int rdmapin_madvise(void *addr, size_t length, int advice);
+
+/* register_many: n registrations in one call, all or none. out[i] gets each MR (on p's list,
+ * owned by the caller through rdmapin_mr_free as rdmapin_reg_mr's are). Returns n, or -(i+1)
+ * when registration i failed: the i done before it are deregistered and freed, and *err
+ * holds its errno. */
+int rdmapin_reg_many(struct rdmapin_pd *p, const uint64_t *addrs, const uint64_t *lengths,
+		     int n, int access, struct rdmapin_mr **out, int *err);

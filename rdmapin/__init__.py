@@ -17,6 +17,7 @@ from rdmapin.errors import (
     BufferTypeError,
     ClosedError,
     DeviceError,
+    ForkedError,
     HugepagesError,
     MemlockError,
     NoDeviceError,
@@ -30,6 +31,7 @@ from rdmapin.errors import (
 from rdmapin.memory import Buffer, alloc, empty
 from rdmapin.mr import MemoryRegion
 from rdmapin.pd import ProtectionDomain
+from rdmapin.regcache import CacheHandle, CacheStats, CacheWarning, RegCache
 from rdmapin.wc import WcStatus, explain_wc
 
 __version__ = "0.1.0"
@@ -39,11 +41,15 @@ __all__ = [
     "AllocationError",
     "Buffer",
     "BufferTypeError",
+    "CacheHandle",
+    "CacheStats",
+    "CacheWarning",
     "ClosedError",
     "Device",
     "DeviceCaps",
     "DeviceError",
     "DeviceInfo",
+    "ForkedError",
     "HugepagesError",
     "MemlockError",
     "MemoryRegion",
@@ -52,6 +58,7 @@ __all__ = [
     "ProtectionDomain",
     "RdmapinError",
     "RdmapinOSError",
+    "RegCache",
     "RegistrationError",
     "RendezvousError",
     "UnsupportedError",

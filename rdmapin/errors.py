@@ -60,6 +60,11 @@ class ClosedError(RdmapinError, ValueError):
     """A verbs object was used after close()."""
 
 
+class ForkedError(ClosedError):
+    """A cache (or its handle) made before fork() was used in the child, which must never
+    touch the parent's MRs: make a new one there."""
+
+
 class NoDeviceError(DeviceError):
     """There is no RDMA device (or none of that name) to open."""
 
@@ -94,3 +99,15 @@ class WorkCompletionError(RdmapinError):
 class RendezvousError(RdmapinError):
     """Two peers could not exchange what their QPs need (rdmapin.rendezvous): no peer in
     time, the peer went away, or the two sides are out of step."""
+
+
+class FsDaxPinError(RegistrationError):
+    """EOPNOTSUPP: the range maps a file on a filesystem-DAX mount. The kernel refuses every
+    long-term pin (FOLL_LONGTERM, which ib_umem_get uses) of such a mapping: the file system
+    could not truncate, punch or reflink a block whose page a device holds. Nothing pinned."""
+
+
+class FilePinError(RegistrationError):
+    """EFAULT: a writable long-term pin of a shared mapping of a file whose file system writes
+    pages back (ext4, xfs ...). Refused since Linux 6.5 (the file system must see each write
+    through its dirty tracking); a read-only registration of the same mapping works."""

@@ -18,6 +18,7 @@ from rdmapin import _lib, _pyverbs_compat, explain, registry
 from rdmapin.access import WRITABLE, Access, describe
 from rdmapin.errors import BufferTypeError, ClosedError, RegistrationError
 from rdmapin.mr import MemoryRegion
+from rdmapin.regcache import RegCache
 from rdmapin.resource import Resource
 
 if TYPE_CHECKING:
@@ -180,6 +181,62 @@ class ProtectionDomain(Resource):
         mr._pd = self
         return mr
 
+    def register_many(self, buffers: Any, access: int = Access.LOCAL_WRITE
+                      ) -> list[MemoryRegion]:
+        """Register every buffer (or ``(address, length)``) in one C call, all or none: when
+        one fails, those done are deregistered and the error names it (``.index``)."""
+        pd = self._pd
+        if pd is None:
+            raise self._closed_error("register_many")
+        access = int(access)
+        items = list(buffers)
+        exports: list[Any] = []
+        addrs: list[int] = []
+        lengths: list[int] = []
+        try:
+            for i, buffer in enumerate(items):
+                addr, length, cbuf = _address_length(buffer, access, i, len(items))
+                exports.append(cbuf)
+                addrs.append(addr)
+                lengths.append(length)
+            out = _lib.ffi.new("struct rdmapin_mr *[]", max(len(items), 1))
+            err = _lib.ffi.new("int *")
+            rc = _lib.lib.rdmapin_reg_many(pd, addrs, lengths, len(items), access, out, err)
+            if rc < 0:
+                i = -rc - 1
+                exc = self._failed_at(err[0], addrs[i], lengths[i], access)
+                _name_buffer(exc, i, len(items))
+                raise exc
+        except BaseException:
+            for cbuf in exports:
+                if cbuf is not None:
+                    _release(cbuf)
+            raise
+        mrs = []
+        for i, cbuf in enumerate(exports):
+            mr = _object_new(MemoryRegion)
+            mr._m = _gc(out[i], _mr_free)
+            mr._buf = cbuf
+            mr._pd = self
+            mrs.append(mr)
+        return mrs
+
+    def cache(self, max_bytes: int | None = None, max_regions: int | None = None) -> RegCache:
+        """A registration cache on this PD (rdmapin.regcache): closed before the PD is."""
+        if self._pd is None:
+            raise self._closed_error("make a cache")
+        return RegCache(self, max_bytes, max_regions)
+
+    def _failed_at(self, err: int, addr: int, length: int, access: int) -> Exception:
+        if err == _errno.ESHUTDOWN:
+            return ClosedError(f"PD on {self._device} was closed during ibv_reg_mr")
+        try:
+            max_mr = self._max_mr()
+        except OSError:
+            max_mr = None
+        return explain.registration(err, call="ibv_reg_mr", addr=addr, length=length,
+                                    access=access, max_mr_size=max_mr, device=self._device)
+
     def _failed(self, call: str, buffer: Any, cbuf: Any, access: int) -> Exception:
         """The explained error for a failed registration; releases the export first."""
         err = _errno_of_call()
@@ -235,6 +292,46 @@ class ProtectionDomain(Resource):
         n = len(self.mrs)
         return (f"<ProtectionDomain {self._device}{borrowed} handle={self.handle} open, "
                 f"{n} MR{'' if n == 1 else 's'}>")
+
+
+def _address_length(buffer: Any, access: int, i: int, n: int) -> tuple[int, int, Any]:
+    """(address, length, export or None) of register_many's buffer ``i``."""
+    if type(buffer) is tuple:
+        try:
+            addr, length = (int(x) for x in buffer)
+        except (TypeError, ValueError) as e:
+            raise BufferTypeError(f"register_many: buffer {i} of {n} ({buffer!r}): expected "
+                                  f"(address, length) as two ints ({e})") from None
+        if addr < 0 or length < 0 or addr + length > 1 << 64:
+            raise BufferTypeError(f"register_many: buffer {i} of {n} ({addr:#x}, {length}): "
+                                  "the range is outside the 64-bit address space")
+        cbuf = None
+    else:
+        try:
+            cbuf = _from_buffer("char[]", buffer, access & WRITABLE)
+        except (TypeError, BufferError, ValueError) as e:
+            exc = _buffer_error(buffer, access, e)
+            _name_buffer(exc, i, n)
+            raise exc from None
+        addr, length = _lib.address_of(cbuf), len(cbuf)
+    if length == 0:
+        if cbuf is not None:
+            _release(cbuf)
+        exc = explain.zero_length("ibv_reg_mr", addr, access)
+        _name_buffer(exc, i, n)
+        raise exc
+    return addr, length, cbuf
+
+
+def _name_buffer(exc: Exception, i: int, n: int) -> None:
+    """Prefix which of register_many's buffers an error is about; ``exc.index`` = i."""
+    exc.index = i  # type: ignore[attr-defined]
+    if hasattr(exc, "message"):
+        exc.message = f"register_many: buffer {i} of {n}: {exc.message}"  # type: ignore
+        if isinstance(exc, OSError):
+            exc.args = (exc.errno, exc.message)
+        else:
+            exc.args = (exc.message,)
 
 
 def _buffer_error(obj: Any, access: int, e: Exception) -> Exception:
