@@ -12,8 +12,11 @@ import os
 import resource
 from pathlib import Path
 
+from rdmapin import backing
 from rdmapin.access import NEEDS_LOCAL_WRITE, WRITABLE, Access, describe
 from rdmapin.errors import (
+    FilePinError,
+    FsDaxPinError,
     HugepagesError,
     MemlockError,
     NoDeviceError,
@@ -113,6 +116,9 @@ def registration(err: int, *, call: str, addr: int, length: int, access: int,
     what = (f"{call}({human(length)} at {addr:#x}, access={describe(access)}"
             f"{', ' + device if device else ''})")
     if err in (_errno.EOPNOTSUPP, _errno.ENOTSUP, _errno.EPROTONOSUPPORT):
+        fsdax = _files(addr, length, "fsdax")
+        if fsdax:
+            return _fsdax(err, what, fsdax[0][1])
         return UnsupportedError(f"{what}: the device does not support this registration "
                                f"({_errno.errorcode.get(err, err)})",
                                hint="drop ON_DEMAND/RELAXED_ORDERING or use another device")
@@ -183,8 +189,70 @@ def _efault(err: int, what: str, addr: int, length: int, access: int) -> Registr
                                       f"{describe(access & WRITABLE)} needs write",
                                  hint="register read-only memory with "
                                       "Access.REMOTE_READ only, or map it writable")
+    if access & WRITABLE:
+        shared = [(v, f) for v, f in _files(addr, length, "pagecache") if v.shared]
+        if shared:
+            return _file_write_pin(err, what, access, shared[0][1])
+    ro_shared = [v for v in found if v.shared and "w" not in v.perms]
+    if not access & WRITABLE and ro_shared:
+        # drivers/infiniband/core/umem.c before 6.2 ("RDMA/umem: remove FOLL_FORCE usage"):
+        # a read-only MR was pinned FOLL_WRITE|FOLL_FORCE, which check_vma_flags refuses on
+        # a shared mapping without VM_WRITE (no COW possible); 6.2+ pins without FOLL_WRITE.
+        v = ro_shared[0]
+        return RegistrationError(
+            err, f"{what}: the mapping {v.start:#x}-{v.end:#x} ({v.perms} {escape(v.path)}) is "
+                 "shared and read-only; this kernel's ib_umem_get pins even a read-only MR "
+                 "for write (FOLL_WRITE|FOLL_FORCE, until Linux 6.2), which a shared mapping "
+                 "without write permission cannot take",
+            hint="map it PROT_READ|PROT_WRITE (a read-only MR then pins it without "
+                 "writing), or MAP_PRIVATE, or on Linux 6.2 or later register it as it is")
     return RegistrationError(err, f"{what}: the kernel could not pin the pages (EFAULT)",
                              hint="is it an I/O or PFNMAP mapping (not pinnable)?")
+
+
+def _files(addr: int, length: int, kind: str) -> list[tuple[maps.Vma, backing.FileBacking]]:
+    """The mappings under the range whose file is backed by ``kind`` (rdmapin.backing)."""
+    out = []
+    for v in vmas(addr, addr + length):
+        f = backing.of_path(v.path)
+        if f is not None and f.kind == kind:
+            out.append((v, f))
+    return out
+
+
+def _fsdax(err: int, what: str, f: backing.FileBacking) -> FsDaxPinError:
+    # mm/gup.c check_vma_flags(), 6.1 and 6.12 alike: FOLL_LONGTERM && vma_is_fsdax(vma)
+    # -> -EOPNOTSUPP, whatever the access; gup-fast gives up on devmap PTEs/PMDs under
+    # FOLL_LONGTERM first, so the slow path always makes this check.
+    return FsDaxPinError(
+        err, f"{what}: the range maps {escape(f.where())}, a filesystem-DAX file "
+             f"({f.source}); the kernel refuses every long-term pin (FOLL_LONGTERM, "
+             "ib_umem_get's) of a DAX file's pages, read-only ones too, because the file "
+             "system could then not truncate, punch or reflink a block a device holds "
+             "(mm/gup.c check_vma_flags: vma_is_fsdax); nothing was pinned",
+        hint="register device DAX instead (ndctl create-namespace -m devdax; "
+             "rdmapin.alloc(n, path='/dev/daxN.M')), or on-demand paging (Access.ON_DEMAND) "
+             "on a device that has it (mlx5; rxe has not), or a bounce buffer: register "
+             "ordinary memory and copy to and from the file")
+
+
+def _file_write_pin(err: int, what: str, access: int,
+                    f: backing.FileBacking) -> FilePinError:
+    # mm/gup.c since 6.5 (commit "mm/gup: disallow FOLL_LONGTERM GUP-nonfast writing to
+    # file-backed mappings"): check_vma_flags -> writable_file_mapping_allowed() refuses
+    # FOLL_PIN|FOLL_LONGTERM|FOLL_WRITE when vma_needs_dirty_tracking() (shared, writable,
+    # page_mkwrite or a writeback-capable mapping): -EFAULT. tmpfs/shmem are exempt.
+    return FilePinError(
+        err, f"{what}: the range is a shared writable mapping of {escape(f.where())}, whose "
+             "pages the file system writes back; since Linux 6.5 (\"mm/gup: disallow "
+             "FOLL_LONGTERM GUP-nonfast writing to file-backed mappings\") the kernel "
+             "refuses a writable long-term pin of such a mapping, because writes by the "
+             f"device would bypass the file system's dirty tracking; access "
+             f"{describe(access & WRITABLE)} makes ib_umem_get pin for write (this kernel: "
+             f"{os.uname().release}); nothing was pinned",
+        hint="register it read-only (access=Access.REMOTE_READ or 0: no write pin, which "
+             "this kernel allows), or register anonymous, hugetlb or tmpfs/memfd memory and "
+             "write the file with write(2), or use device DAX")
 
 
 def _einval(err: int, what: str, addr: int, length: int, access: int,

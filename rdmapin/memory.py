@@ -9,6 +9,11 @@ Anonymous mmap, aligned to the page size asked for:
 MADV_DONTFORK. Pages are populated up front (MADV_POPULATE_WRITE, Linux 5.14; touching
 each page before that), so a missing hugetlb page is an error here, not a SIGBUS later.
 
+``path=`` maps a file or a device instead, MAP_SHARED: device DAX (/dev/daxN.M) with the
+device's alignment (2 MiB, or 1 GiB where the namespace was made with it), a file on a DAX
+file system, or an ordinary file (its page cache; the file is created or extended to fit).
+What it is comes from rdmapin.backing (sysfs, statx, mountinfo) and is ``buf.backing``.
+
 The result is a numpy array (``Buffer``, a uint8 ndarray subclass) whose memory lives until
 the last view of it, and the last MR holding its export, is gone.
 """
@@ -17,12 +22,14 @@ from __future__ import annotations
 
 import errno as _errno
 import math
+import mmap as _mmap
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from rdmapin import _lib, explain, mm
+from rdmapin import _lib, backing, explain, mm
 from rdmapin.errors import AllocationError, RdmapinOSError
 from rdmapin.kernel import maps
 
@@ -54,6 +61,9 @@ class Mapping:
     thp_bytes: int  # AnonHugePages of the range (smaps) right after populating
     node: int | None
     dontfork: bool
+    path: str | None = None  # the file or device mapped (alloc(path=...))
+    page_size: int = PAGE  # the mapping's alignment (a devdax device's align)
+    file: backing.FileBacking | None = None  # what backs it, and where that was read
 
 
 class Buffer(np.ndarray):
@@ -104,8 +114,12 @@ def _populate(ptr: Any, addr: int, length: int, page: int) -> int:
 
 
 def alloc(nbytes: int, pages: str = "4k", *, node: int | None = None,
-          dontfork: bool = False) -> Buffer:
-    """``nbytes`` of populated anonymous memory backed by ``pages``; see the module doc."""
+          dontfork: bool = False, path: str | os.PathLike[str] | None = None,
+          offset: int = 0) -> Buffer:
+    """``nbytes`` of populated memory backed by ``pages`` (anonymous), or by the file or
+    device DAX at ``path`` from ``offset``; see the module doc."""
+    if path is not None:
+        return _alloc_file(nbytes, os.fspath(path), offset, dontfork)
     if pages not in KINDS:
         raise ValueError(f"pages={pages!r}: expected one of {', '.join(KINDS)}")
     size, flags, advice = KINDS[pages]
@@ -159,6 +173,80 @@ def alloc(nbytes: int, pages: str = "4k", *, node: int | None = None,
     raw = np.frombuffer(_lib.buffer(owned, length), dtype=np.uint8)[:nbytes]
     buf = raw.view(Buffer)
     buf._mapping = Mapping(addr, length, pages, backing, thp, node, dontfork)
+    return buf
+
+
+def _alloc_file(nbytes: int, path: str, offset: int, dontfork: bool) -> Buffer:
+    """MAP_SHARED of a file or device-DAX; nothing stays mapped or open after an error."""
+    what = f"alloc({nbytes} B, path={path!r}, offset={offset})"
+    if nbytes <= 0 or offset < 0:
+        raise AllocationError(_errno.EINVAL, what, hint="nbytes must be > 0, offset >= 0")
+    try:
+        # A missing device is an error, never a new file in /dev.
+        create = not path.startswith("/dev/") or path.startswith("/dev/shm/")
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    except OSError as e:
+        raise AllocationError(e.errno or _errno.EIO, f"{what}: open",
+                              hint="a devdax device (/dev/daxN.M, ndctl create-namespace -m "
+                                   "devdax) or a file this user may write") from None
+    try:
+        file = backing.of_path(os.path.abspath(path))
+        kind = file.kind if file else "unknown"
+        align = PAGE
+        if kind == "devdax":
+            assert file is not None and file.size is not None
+            align = file.align or PAGE
+            if offset % align:
+                raise AllocationError(_errno.EINVAL, f"{what}: {file.device} maps in "
+                                      f"{align >> 10} KiB pages; the offset is not a multiple",
+                                      hint=f"offset={offset - offset % align}")
+            length = -(-nbytes // align) * align
+            if offset + length > file.size:
+                raise AllocationError(_errno.ENOMEM, f"{what}: {length} B (whole "
+                                      f"{align >> 10} KiB pages) from {offset} exceed "
+                                      f"{file.device}'s {file.size} B",
+                                      hint="a smaller size, or a larger namespace")
+        else:
+            if offset % PAGE:
+                raise AllocationError(_errno.EINVAL, f"{what}: offset not page-aligned",
+                                      hint=f"offset={offset - offset % PAGE}")
+            length = -(-nbytes // PAGE) * PAGE
+            if os.fstat(fd).st_size < offset + length:
+                os.ftruncate(fd, offset + length)
+        try:
+            m = _mmap.mmap(fd, length, _mmap.MAP_SHARED,
+                           _mmap.PROT_READ | _mmap.PROT_WRITE, offset=offset)
+        except OSError as e:
+            raise AllocationError(e.errno or _errno.EIO, f"{what}: mmap of {length} B") from None
+    except OSError as e:
+        if not isinstance(e, AllocationError):
+            e = AllocationError(e.errno or _errno.EIO, what)
+        raise e from None
+    finally:
+        os.close(fd)
+    raw = np.frombuffer(m, dtype=np.uint8)
+    addr = int(raw.ctypes.data)
+    try:
+        if addr % align:
+            raise AllocationError(_errno.EINVAL, f"{what}: mapped at {addr:#x}, not aligned "
+                                  f"to the device's {align} B pages")
+        for adv in (MADV_POPULATE_WRITE, MADV_DONTFORK if dontfork else None):
+            if adv is None:
+                continue
+            try:
+                m.madvise(adv)
+            except OSError as e:
+                if adv != MADV_POPULATE_WRITE or e.errno != _errno.EINVAL:
+                    raise AllocationError(e.errno or _errno.EIO,
+                                          f"{what}: madvise({adv})") from None
+                raw[::PAGE] = raw[::PAGE]  # before 5.14: touch each page for write
+    except AllocationError:
+        del raw
+        m.close()
+        raise
+    buf = raw[:nbytes].view(Buffer)
+    buf._mapping = Mapping(addr, length, kind, kind, 0, None, dontfork, path=path,
+                           page_size=align, file=file)
     return buf
 
 

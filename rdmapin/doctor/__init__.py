@@ -45,7 +45,7 @@ CheckFn = Callable[[], Iterable[Check]]
 
 
 def _registry(try_load: bool = False) -> list[tuple[str, CheckFn]]:
-    from rdmapin.doctor import limits, memory, rdma, tracing
+    from rdmapin.doctor import dax, limits, memory, rdma, tracing
 
     return [
         ("rdma", rdma.devices),
@@ -58,6 +58,7 @@ def _registry(try_load: bool = False) -> list[tuple[str, CheckFn]]:
         ("frag", memory.fragmentation),
         ("compaction", memory.compaction),
         ("zones", memory.movable_zones),
+        ("dax", dax.pmem),
         ("tracing", functools.partial(tracing.readiness, try_load=try_load)),
     ]
 

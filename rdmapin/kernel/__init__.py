@@ -18,4 +18,7 @@ mmzone      /proc/zoneinfo, buddyinfo, pagetypeinfo, iomem, extfrag
 memblock    /sys/devices/system/memory: PFN -> node and zone
 tracefs     mount points, tracepoint format files, kprobe-able functions
 rdma_res    the kernel's RDMA resource tracking (nldev, through iproute2's rdma)
+statx       statx(2): STATX_ATTR_DAX, device numbers
+mountinfo   /proc/PID/mountinfo: the mount (file system, source, dax=) holding a file
+nvdimm      /sys/bus/nd and /sys/bus/dax: pmem namespaces, device-DAX instances
 """

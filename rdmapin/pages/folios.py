@@ -19,8 +19,10 @@ from rdmapin.kernel.arch import PAGE_SIZE
 from rdmapin.kernel.kpageflags import KPF
 
 # Exclusive backing categories; the table below assigns one to every flag combination.
+# devdax and fsdax are ZONE_DEVICE pages, which kpageflags reports as NOPAGE (fs/proc/page.c:
+# pfn_to_online_page() has no page for them): the region report assigns them by their VMA.
 CATEGORIES = ("4k", "thp_2m", "thp_other", "hugetlb_2m", "hugetlb_1g", "hugetlb_other",
-              "zero", "ksm", "shmem", "file", "other")
+              "zero", "ksm", "shmem", "file", "devdax", "fsdax", "other")
 CAT = {name: i for i, name in enumerate(CATEGORIES)}
 PMD_PAGES = 512
 MAX_LOOKUPS = 4096  # boundary folios completed exactly; beyond that, their in-range part

@@ -56,5 +56,29 @@ def render(r: RegionReport) -> str:
             out.append(f"  smaps   {human(v['kernel_page_size'])} pages, rss {human(v['rss'])}, "
                        f"thp {human(v['anon_huge_pages'])}{by_pte}, "
                        f"locked {human(v['locked'])}, hugetlb {human(v['hugetlb'])}")
+    out.extend(_file_line(f) for f in r.files)
     out.extend(f"limit     {msg}" for msg in r.limits)
     return "\n".join(out)
+
+
+_KIND = {"devdax": "device DAX", "fsdax": "filesystem DAX", "pagecache": "page cache",
+         "shmem": "shmem (no writeback)", "unknown": "file"}
+
+
+def _file_line(f: dict) -> str:
+    """'file      /mnt/f: page cache of ext4 /dev/pmem1 on /mnt, 256 pages (source ...)'."""
+    what = _KIND.get(f["kind"], f["kind"])
+    if f["kind"] == "devdax":
+        where = f" {f['device']}" + (f" of {f['namespace']}" if f["namespace"] else "")
+        if f.get("align"):
+            where += f", align {human(f['align'])}"
+        inside = f.get("in_device_range")
+        if inside is not None:
+            where += ", PFNs in its range" if inside else ", PFNs OUTSIDE its range"
+    elif f["mount"]:
+        where = f" of {f['fstype']} {escape(f['device'])} on {escape(f['mount'])}" + (
+            f" (dax={f['dax_mode']})" if f["dax_mode"] else "")
+    else:
+        where = ""
+    return (f"file      {escape(f['path'])}: {what}{where}, {f['pages']} pages "
+            f"[{f['source']}]")

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rdmapin import backing
 from rdmapin.errors import RdmapinError, RdmapinOSError
 from rdmapin.kernel import kpageflags as kpf
-from rdmapin.kernel import maps, memblock, pagemap, procfs
+from rdmapin.kernel import maps, memblock, nvdimm, pagemap, procfs
 from rdmapin.kernel.arch import PAGE_SIZE
 from rdmapin.kernel.kpageflags import KPF
 from rdmapin.kernel.printable import escape_all
@@ -53,6 +54,7 @@ class RegionReport:
     mlocked: int
     unevictable: int
     vmas: list[dict] = field(default_factory=list)
+    files: list[dict] = field(default_factory=list)  # mapped files: what backs them, where
     limits: list[str] = field(default_factory=list)  # what could not be read, and why
     pfns: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64), repr=False)
     entries: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64), repr=False)
@@ -82,7 +84,7 @@ class RegionReport:
             "descriptors_complete": self.descriptors_complete,
             "nodes": {str(k): v for k, v in sorted(self.nodes.items())},
             "zones": self.zones, "mlocked": self.mlocked, "unevictable": self.unevictable,
-            "vmas": self.vmas, "limits": self.limits,
+            "vmas": self.vmas, "files": self.files, "limits": self.limits,
         }
 
     def to_json(self) -> str:
@@ -153,6 +155,47 @@ def _thp_pages_per_vma(vmas: list[maps.Vma], geo_vmas: list[maps.Vma], addr: int
     for g, w in zip(geo_vmas, want, strict=True):
         sl = _page_slice(g, page0, len(present))
         out.append(int(cum[sl.stop] - cum[sl.start]) if w else None)
+    return out
+
+
+_ZONE_DEVICE_KINDS = ("devdax", "fsdax")
+
+
+def _file_kinds(geo_vmas: list[maps.Vma], files: list[backing.FileBacking | None],
+                page0: int, count: int) -> np.ndarray | None:
+    """Per page of the range: the CATEGORIES index of its ZONE_DEVICE kind (devdax, fsdax)
+    from the VMA holding it, -1 elsewhere; None when no such VMA is in the range."""
+    if not any(f is not None and f.kind in _ZONE_DEVICE_KINDS for f in files):
+        return None
+    out = np.full(count, -1, dtype=np.int8)
+    for g, f in zip(geo_vmas, files, strict=True):
+        if f is not None and f.kind in _ZONE_DEVICE_KINDS:
+            out[_page_slice(g, page0, count)] = folio_mod.CAT[f.kind]
+    return out
+
+
+def _file_dicts(vmas: list[maps.Vma], geo_vmas: list[maps.Vma],
+                files: list[backing.FileBacking | None], page0: int, count: int,
+                present: np.ndarray, pfns_all: np.ndarray) -> list[dict]:
+    """One entry per file-backed VMA of the range: the file, what backs it (and where that
+    was read), its pages present in the range, and for device DAX whether their PFNs lie in
+    the device's physical range (/sys/bus/dax/devices/daxN.M/mappingN)."""
+    out = []
+    for v, g, f in zip(vmas, geo_vmas, files, strict=True):
+        if f is None:
+            continue
+        sl = _page_slice(g, page0, count)
+        d = {"start": v.start, "end": v.end, **f.to_dict(),
+             "pages": int(present[sl].sum())}
+        if f.kind == "devdax" and f.device:
+            dev = nvdimm.dax_device(f.device)
+            ranges = dev.ranges if dev else ()
+            p = pfns_all[sl][present[sl]].astype(np.int64) * PAGE_SIZE
+            d["device_ranges"] = [list(r) for r in ranges]
+            d["in_device_range"] = (bool(np.all(np.any(
+                [(p >= lo) & (p <= hi) for lo, hi in ranges], axis=0)))
+                if ranges and len(p) else None)
+        out.append(d)
     return out
 
 
@@ -234,6 +277,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
     geo_vmas, geo0, geo_count = ((_compressed(vmas, spans), 0, len(entries)) if sparse
                                  else (vmas, page0, count))
     limits: list[str] = []
+    files = [backing.of_path(v.path, pid) for v in vmas]
     present = pagemap.present(entries)
     all_present = bool(present.all())
     pfns_all = entries & pagemap.PFN_MASK
@@ -266,11 +310,16 @@ def inspect(addr: int, length: int, pid: int | None = None,
         if (flags & _HUGE).any():
             if not detail:
                 vmas = maps.covering(pid, addr, length, True)
+                files = [backing.of_path(v.path, pid) for v in vmas]
                 geo_vmas = (_compressed(vmas, _mapped_spans(vmas, page0, count)) if sparse
                             else vmas)
             hp = _hugetlb_pages(geo_vmas, geo0, geo_count)[present]
         excl = pagemap.exclusive(entries if all_present else entries[present])
         fol = folio_mod.group(pfns, flags, excl, hp)
+        kinds = _file_kinds(geo_vmas, files, geo0, geo_count)
+        if kinds is not None:
+            k = kinds[present]
+            fol.category[fol.page_folio[k >= 0]] = k[k >= 0]
         by_cat = np.bincount(fol.category, weights=fol.in_range, minlength=ncat)
         folios_by_cat = np.bincount(fol.category[fol.distinct], minlength=ncat)
         for i, name in enumerate(folio_mod.CATEGORIES):
@@ -312,6 +361,7 @@ def inspect(addr: int, length: int, pid: int | None = None,
         vmas=[_vma_dict(v, addr, length, t) for v, t in
               zip(vmas, _thp_pages_per_vma(vmas, geo_vmas, addr, length, geo0, present, fol),
                   strict=True)],
+        files=_file_dicts(vmas, geo_vmas, files, geo0, geo_count, present, pfns_all),
         limits=limits,
         pfns=pfns_all, entries=entries, flags=flags,
     )
