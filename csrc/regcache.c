@@ -45,13 +45,14 @@ static struct {
 	int running;
 	int ncaches;
 	int atfork;
+	int pagemap;                       /* /proc/self/pagemap, for the shared-memory check */
 	unsigned int gen;                  /* bumped in a fork child */
 	uint64_t features;
 	uint64_t seq;
 	pthread_t reader;
 	struct { uint64_t seq, start, end; } ring[RING];
 	struct rdmapin_rc *caches;
-} src = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1, .wake = -1 };
+} src = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1, .wake = -1, .pagemap = -1 };
 
 /* -- the index (all under src.lock) ----------------------------------------------------- */
 
@@ -148,6 +149,12 @@ static int retire_range(struct rdmapin_rc *c, uint64_t start, uint64_t end, int 
 	return hit;
 }
 
+static int over_budget(struct rdmapin_rc *c, uint64_t need)
+{
+	return (c->max_bytes && c->st.bytes + need > c->max_bytes) ||
+	       (c->max_regions && c->st.regions + 1 > c->max_regions);
+}
+
 /* -- the invalidation source --------------------------------------------------------------- */
 
 /* One event read (under src.lock): the range no longer maps what the MRs over it pinned. */
@@ -231,7 +238,9 @@ static void atfork_child(void)
 		close(src.fd);
 	if (src.wake >= 0)
 		close(src.wake);
-	src.fd = src.wake = -1;
+	if (src.pagemap >= 0)
+		close(src.pagemap);  /* opened as the parent's /proc/self */
+	src.fd = src.wake = src.pagemap = -1;
 	src.running = 0;
 	src.err = 0;
 	src.caches = NULL;
@@ -291,6 +300,8 @@ static int source_start(void)
 	}
 	src.fd = fd;
 	src.wake = wake;
+	if (src.pagemap < 0)
+		src.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	src.features = granted;
 	src.running = 1;
 	src.err = 0;
@@ -495,7 +506,7 @@ struct rdmapin_rc_entry *rdmapin_rc_get(struct rdmapin_rc *c, uint64_t addr, uin
 		pthread_mutex_unlock(&src.lock);
 		return fail_null(err);
 	}
-	i = index_floor(c, addr);
+	i = len && addr + len > addr ? index_floor(c, addr) : -1;  /* empty or wrapping: miss */
 	if (i >= 0) {
 		e = c->index[i];
 		if (addr + len <= e->addr + e->length && (e->access & access) == access) {
@@ -575,12 +586,6 @@ int rdmapin_rc_reserve(struct rdmapin_rc *c)
 		pthread_mutex_unlock(&src.lock);
 		free(old);
 	}
-}
-
-static int over_budget(struct rdmapin_rc *c, uint64_t need)
-{
-	return (c->max_bytes && c->st.bytes + need > c->max_bytes) ||
-	       (c->max_regions && c->st.regions + 1 > c->max_regions);
 }
 
 int rdmapin_rc_reap(struct rdmapin_rc *c, uint64_t need, int mode,
@@ -676,6 +681,176 @@ void rdmapin_rc_stats(struct rdmapin_rc *c, struct rdmapin_rc_stats *out)
 	*out = c->st;
 	out->events = src.seq;
 	pthread_mutex_unlock(&src.lock);
+}
+
+/* PM_FILE (bit 61 of a pagemap entry): a page-cache or shared-anonymous page. Readable
+ * without privileges (only PFNs are hidden). The pages are present: just registered. */
+static int range_shared(uint64_t start, uint64_t end)
+{
+	uint64_t ent[512];
+	uint64_t a;
+	int fd = src.pagemap;
+
+	if (fd < 0)
+		return 1;  /* cannot tell: do not cache */
+	for (a = start; a < end;) {
+		uint64_t n = (end - a) / 4096;
+		ssize_t got;
+		uint64_t i;
+
+		if (n > 512)
+			n = 512;
+		got = pread(fd, ent, n * 8, (off_t)(a / 4096 * 8));
+		if (got <= 0)
+			return 1;
+		for (i = 0; i < (uint64_t)got / 8; i++) {
+			if (ent[i] >> 61 & 1)
+				return 1;
+		}
+		a += (uint64_t)got / 8 * 4096;
+	}
+	return 0;
+}
+
+static uint64_t down(uint64_t x, uint64_t to) { return x - x % to; }
+static uint64_t up(uint64_t x, uint64_t to) { return x % to ? x - x % to + to : x; }
+
+/* [*lo, *hi) grown to `huge` pages, clipped to [map_lo, map_hi). */
+static void grow(uint64_t *lo, uint64_t *hi, uint64_t huge, uint64_t map_lo, uint64_t map_hi)
+{
+	if (!huge)
+		return;
+	*lo = down(*lo, huge) < map_lo ? map_lo : down(*lo, huge);
+	*hi = up(*hi, huge) > map_hi ? map_hi : up(*hi, huge);
+}
+
+static void drop_mr(struct rdmapin_mr *m)
+{
+	rdmapin_dereg_mr(m);  /* its MemoryRegion sees it closed; Python frees it */
+}
+
+/* Evict to fit `need` more bytes; deregister the evicted MRs after the lock is dropped. */
+static void evict_for(struct rdmapin_rc *c, uint64_t need)
+{
+	struct rdmapin_mr *gone[64];
+	struct rdmapin_rc_entry *e, *prev;
+	int n, i;
+
+	do {
+		n = 0;
+		pthread_mutex_lock(&src.lock);
+		for (e = c->lru.lru_prev; e != &c->lru && n < 64 && over_budget(c, need); e = prev) {
+			prev = e->lru_prev;
+			if (e->refs)
+				continue;
+			index_cut(c, index_floor(c, e->addr));
+			retire(c, e, WHY_EVICTED);
+			c->st.evictions++;
+			gone[n++] = e->mr;
+		}
+		pthread_mutex_unlock(&src.lock);
+		for (i = 0; i < n; i++)
+			drop_mr(gone[i]);
+	} while (n == 64);
+}
+
+/* UFFDIO_REGISTER [*lo, *hi), growing a hugetlb range to whole huge pages: 0 or -errno. */
+static int watch(uint64_t *lo, uint64_t *hi)
+{
+	static const uint64_t sizes[] = { 2 << 20, 1 << 30 };
+	uint64_t ioctls;
+	int rc = rdmapin_uffd_register(*lo, *hi - *lo, &ioctls);
+	unsigned int i;
+
+	for (i = 0; rc == -EINVAL && i < 2; i++) {
+		uint64_t glo = down(*lo, sizes[i]), ghi = up(*hi, sizes[i]);
+
+		if ((glo != *lo || ghi != *hi) && rdmapin_uffd_register(glo, ghi - glo, &ioctls) == 0) {
+			*lo = glo;
+			*hi = ghi;
+			return 0;
+		}
+	}
+	return rc;
+}
+
+int rdmapin_rc_miss(struct rdmapin_rc *c, struct rdmapin_pd *p, struct rdmapin_rc_entry *e,
+		    uint64_t start, uint64_t end, uint64_t huge, uint64_t map_lo, uint64_t map_hi,
+		    int access, int alone, struct rdmapin_rc_miss_out *out)
+{
+	int attempt, rc = -EAGAIN;
+
+	memset(out, 0, sizeof(*out));
+	for (attempt = 0; attempt < 4 && rc == -EAGAIN; attempt++) {
+		uint64_t lo = start, hi = end, olo = start, ohi = end, seq;
+		int acc = access, i, werr;
+		struct rdmapin_mr *m;
+
+		grow(&olo, &ohi, huge, map_lo, map_hi);
+		pthread_mutex_lock(&src.lock);
+		if (c->closed || c->gen != src.gen) {
+			rc = c->gen != src.gen ? -ECHILD : -ESHUTDOWN;
+			pthread_mutex_unlock(&src.lock);
+			return rc;
+		}
+		for (i = alone ? c->n : index_first(c, lo); i < c->n && c->index[i]->addr <= end;
+		     i++) {
+			struct rdmapin_rc_entry *n = c->index[i];
+
+			lo = n->addr < lo ? n->addr : lo;
+			hi = n->addr + n->length > hi ? n->addr + n->length : hi;
+			acc |= n->access;
+		}
+		pthread_mutex_unlock(&src.lock);
+		grow(&lo, &hi, huge, map_lo, map_hi);
+		if (hi - lo > (c->max_bytes > ohi - olo ? c->max_bytes : ohi - olo)) {
+			lo = olo;  /* merging with its neighbours would outgrow the budget */
+			hi = ohi;
+			acc = access;
+		}
+		evict_for(c, hi - lo);
+		seq = rdmapin_uffd_seq();
+		werr = -watch(&lo, &hi);
+		out->addr = lo;
+		out->length = hi - lo;
+		out->access = acc;
+		m = rdmapin_reg_mr_at(p, lo, hi - lo, acc);
+		if (!m) {
+			rc = -rdmapin_saved_errno;
+			break;
+		}
+		out->mr = m;
+		if (werr || range_shared(lo, hi)) {
+			if (!werr)
+				rdmapin_uffd_unregister(lo, hi - lo);
+			out->watch_err = werr;
+			pthread_mutex_lock(&src.lock);
+			c->st.passthrough++;
+			c->st.misses++;
+			pthread_mutex_unlock(&src.lock);
+			rc = 1;
+			break;
+		}
+		e->addr = m->addr;
+		e->length = m->length;
+		e->lkey = m->lkey;
+		e->rkey = m->rkey;
+		e->access = acc;
+		e->mr = m;
+		rc = rdmapin_rc_reserve(c);
+		if (!rc)
+			rc = rdmapin_rc_insert(c, e, seq);
+		if (rc) {  /* EAGAIN: the mapping changed while it was registered: again */
+			rdmapin_dereg_mr(m);
+			rdmapin_mr_free(m);
+			out->mr = NULL;
+		}
+	}
+	pthread_mutex_lock(&src.lock);
+	for (struct rdmapin_rc_entry *d = c->dead; d; d = d->dead_next)
+		out->dead++;
+	pthread_mutex_unlock(&src.lock);
+	return rc;
 }
 
 int rdmapin_noop(void)

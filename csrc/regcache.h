@@ -21,6 +21,7 @@ struct rdmapin_rc_entry {
 	int state;                  /* RDMAPIN_RC_* below */
 	int why;                    /* why it left the index (RDMAPIN_RC_WHY_*) */
 	uint64_t id;                /* Python's key for the MemoryRegion that owns the MR */
+	struct rdmapin_mr *mr;      /* the MR (owned by that MemoryRegion) */
 	struct rdmapin_rc_entry *lru_prev;
 	struct rdmapin_rc_entry *lru_next;
 	struct rdmapin_rc_entry *dead_next;
@@ -75,6 +76,25 @@ int rdmapin_rc_reap(struct rdmapin_rc *c, uint64_t need, int all, struct rdmapin
  * - unless an invalidation event since `seq` overlapped its range: then -EAGAIN and nothing
  * changed (the caller deregisters and tries again). */
 int rdmapin_rc_insert(struct rdmapin_rc *c, struct rdmapin_rc_entry *e, uint64_t seq);
+/* What rdmapin_rc_miss did, beyond its return value. */
+struct rdmapin_rc_miss_out {
+	struct rdmapin_mr *mr;      /* the new MR (cached or pass-through), NULL on failure */
+	uint64_t addr;              /* the range registered (or tried) */
+	uint64_t length;
+	int access;
+	int dead;                   /* idle entries out of the index waiting for rdmapin_rc_reap */
+	int watch_err;              /* errno of UFFDIO_REGISTER for a pass-through, 0 if shared */
+};
+/* A whole miss in one call: span the request [start, end) with its live neighbours (unless
+ * `alone`; and not past max(budget, its own size)), grow it to `huge` pages inside
+ * [map_lo, map_hi) when huge != 0, evict idle LRU entries to fit (deregistering their MRs,
+ * outside the lock), watch the range (a hugetlb range is grown to whole huge pages), register
+ * it on p, check that no page of it is shared memory (pagemap), and put e in the index.
+ * Returns 0 (cached), 1 (registered, not cached: pass-through, see watch_err), or -errno
+ * (the registration failed: out->addr/length say what was tried). */
+int rdmapin_rc_miss(struct rdmapin_rc *c, struct rdmapin_pd *p, struct rdmapin_rc_entry *e,
+		    uint64_t start, uint64_t end, uint64_t huge, uint64_t map_lo, uint64_t map_hi,
+		    int access, int alone, struct rdmapin_rc_miss_out *out);
 /* Count a registration that bypassed the index (its range has no invalidation source). */
 void rdmapin_rc_passthrough(struct rdmapin_rc *c);
 void rdmapin_rc_stats(struct rdmapin_rc *c, struct rdmapin_rc_stats *out);

@@ -189,6 +189,10 @@ class ProtectionDomain(Resource):
         if pd is None:
             raise self._closed_error("register_many")
         access = int(access)
+        if not -(1 << 31) <= access < 1 << 31:
+            raise RegistrationError(_errno.EINVAL, f"register_many(access={access:#x}): not an "
+                                    "ibv_access_flags value (32 bits)",
+                                    hint="combine rdmapin.Access flags")
         items = list(buffers)
         exports: list[Any] = []
         addrs: list[int] = []

@@ -42,18 +42,19 @@ from typing import TYPE_CHECKING, Any
 from rdmapin import _lib
 from rdmapin.access import WRITABLE, Access
 from rdmapin.errors import BufferTypeError, ClosedError, ForkedError, RegistrationError
-from rdmapin.kernel import pagemap, procfs
+from rdmapin.kernel import procfs
 from rdmapin.kernel.arch import PAGE_SIZE as PAGE
+from rdmapin.mr import MemoryRegion
 from rdmapin.resource import Resource
 
 if TYPE_CHECKING:
-    from rdmapin.mr import MemoryRegion
     from rdmapin.pd import ProtectionDomain
 
 _ffi = _lib.ffi
 _rc = _lib.lib
 _rc_get = _rc.rdmapin_rc_get
 _rc_put = _rc.rdmapin_rc_put
+_rc_miss = _rc.rdmapin_rc_miss
 _from_buffer = _lib.from_buffer
 _release = _lib.release
 _address_of = _lib.address_of
@@ -62,9 +63,7 @@ _object_new = object.__new__
 
 DEFAULT_MAX_REGIONS = 4096
 RAM_FRACTION = 4  # a quarter of MemTotal when RLIMIT_MEMLOCK does not bound pins
-WHY = {1: "invalidated", 2: "merged", 3: "evicted", 4: "closed"}
 WHY_CLOSED = 4
-_UFFDIO_ZEROPAGE = 1 << 0x04  # absent from a hugetlb range's ioctls
 HUGE = (2 << 20, 1 << 30)
 REAP_BATCH = 64
 
@@ -223,6 +222,7 @@ class RegCache(Resource):
         self._entries: dict[int, tuple[Any, MemoryRegion]] = {}
         self._passthrough: dict[int, MemoryRegion] = {}
         self._warned: set[str] = set()
+        self._out = _ffi.new("struct rdmapin_rc_miss_out *")  # misses are serialised
         rc = _rc.rdmapin_uffd_start()
         self.source_error = -rc  # 0: the userfaultfd watches the cached ranges
         super().__init__(pd)
@@ -239,8 +239,7 @@ class RegCache(Resource):
                 addr, length = buffer
                 e = _rc_get(self._c, addr, length, access)
             except (TypeError, ValueError, OverflowError) as err:
-                raise BufferTypeError(f"cache.get({buffer!r}): expected (address, length) as "
-                                      f"two non-negative ints ({err})") from None
+                raise _bad_request(buffer, access, err) from None
         else:
             try:
                 export = _from_buffer("char[]", buffer, access & WRITABLE)
@@ -249,7 +248,11 @@ class RegCache(Resource):
 
                 raise _buffer_error(buffer, access, err) from None
             addr, length = _address_of(export), len(export)
-            e = _rc_get(self._c, addr, length, access)
+            try:
+                e = _rc_get(self._c, addr, length, access)
+            except OverflowError as err:
+                _release(export)
+                raise _bad_request(buffer, access, err) from None
         if not e or length <= 0:
             return self._miss(buffer, addr, length, access, export, e)
         h = _object_new(CacheHandle)
@@ -288,105 +291,57 @@ class RegCache(Resource):
 
     def _register(self, buffer: Any, addr: int, length: int, access: int,
                   export: Any) -> CacheHandle:
+        """The miss, in one C call (rdmapin_rc_miss); an ENOMEM evicts every idle MR and
+        tries once more over the request's own range."""
         start = addr - addr % PAGE
         end = -(-(addr + length) // PAGE) * PAGE
+        huge, map_lo, map_hi = _huge_mapping(buffer)
+        out = self._out
+        entry = _ffi.new("struct rdmapin_rc_entry *")
+        entry.id = next(_ids)
+        pd = self._pd._handle()
         with _miss_lock:
-            for _ in range(4):
-                span = _ffi.new("uint64_t[2]", [start, end])
-                acc = _ffi.new("int *", access)
-                _rc.rdmapin_rc_span(self._c, span, span + 1, acc)
-                own = _grow(start, end, buffer)
-                lo, hi = _grow(span[0], span[1], buffer)
-                if hi - lo > max(self.max_bytes, own[1] - own[0]):
-                    lo, hi = own  # merging with its neighbours would outgrow the budget
-                self._reap(1, hi - lo)
-                seq = _rc.rdmapin_uffd_seq()
-                lo, hi, why = self._watch(lo, hi)
-                mr = self._pin(lo, hi, acc[0], own)
-                if why is None and _shared(lo, hi):
-                    why = ("shared memory (shmem, memfd or shared hugetlb): truncating or "
-                           "punching holes in it raises no event")
-                    _rc.rdmapin_uffd_unregister(lo, hi - lo)
-                if why is not None:
-                    return self._passthrough_handle(mr, addr, length, export, why)
-                entry = self._entry_for(mr)
-                rc = _rc.rdmapin_rc_reserve(self._c)
-                if rc == 0:
-                    rc = _rc.rdmapin_rc_insert(self._c, entry, seq)
-                if rc == 0:
-                    self._entries[entry.id] = (entry, mr)
-                    break
-                mr.close()
-                if rc != -_errno.EAGAIN:  # EAGAIN: the range changed meanwhile: again
-                    raise self._unusable(-rc) if rc in (-_errno.ECHILD, -_errno.ESHUTDOWN) \
-                        else RegistrationError(-rc, "inserting into the cache")
+            rc = _rc_miss(self._c, pd, entry, start, end, huge, map_lo, map_hi, access, 0, out)
+            if rc == -_errno.ENOMEM:
+                self._reap(2, 0)
+                rc = _rc_miss(self._c, pd, entry, start, end, huge, map_lo, map_hi, access, 1,
+                              out)
+            if rc < 0:
+                raise self._miss_failed(-rc, out)
+            mr = _object_new(MemoryRegion)
+            mr._m = _lib.gc(out.mr, _lib.mr_free)
+            mr._buf = None
+            mr._pd = self._pd
+            if rc == 0:
+                self._entries[entry.id] = (entry, mr)
             else:
-                raise RegistrationError(_errno.EAGAIN,
-                                        f"cache.get({length} B at {addr:#x}): the mapping "
-                                        "kept changing while it was being registered")
-        self._reap(0, 0)  # the merged entries that were idle
+                self._passthrough_handle(entry, mr, out.watch_err)
+            if out.dead:
+                self._reap(0, 0)
         h = _object_new(CacheHandle)
-        h._cache, h._e, h._addr, h._length, h._export, h._mr = (
-            self, entry, addr, length, export, None)
+        h._cache, h._e, h._addr, h._length, h._export = self, entry, addr, length, export
+        h._mr = mr if rc == 1 else None
         return h
 
-    def _watch(self, lo: int, hi: int) -> tuple[int, int, str | None]:
-        """Register [lo, hi) with the invalidation source; (lo, hi, None) when watched (a
-        hugetlb range grown to its page size), else the reason it is not."""
-        if self.source_error:
-            name = _errno.errorcode.get(self.source_error, self.source_error)
-            return lo, hi, f"no userfaultfd in this process ({name})"
-        ioctls = _ffi.new("uint64_t *")
-        rc = _rc.rdmapin_uffd_register(lo, hi - lo, ioctls)
-        if rc == -_errno.EINVAL:
-            for size in HUGE:  # a hugetlb range registers only whole huge pages
-                glo, ghi = lo - lo % size, -(-hi // size) * size
-                if (glo, ghi) != (lo, hi) and \
-                        _rc.rdmapin_uffd_register(glo, ghi - glo, ioctls) == 0:
-                    return glo, ghi, None
-        if rc == 0:
-            return lo, hi, None
-        if rc == -_errno.EBUSY:
-            return lo, hi, "another userfaultfd of this process watches it (EBUSY)"
-        if rc == -_errno.EINVAL:
-            return lo, hi, ("userfaultfd cannot watch this mapping (page-cache file, device "
-                            "DAX or a hole: only anonymous, shmem and hugetlb memory)")
-        return lo, hi, f"userfaultfd refused it ({_errno.errorcode.get(-rc, -rc)})"
-
-    def _pin(self, lo: int, hi: int, access: int, own: tuple[int, int]) -> MemoryRegion:
-        """The MR over [lo, hi); on ENOMEM evict every idle MR and try once more, over the
-        request's own range ``own`` (not merged with its neighbours)."""
-        try:
-            return self._pd.register((lo, hi - lo), access)
-        except RegistrationError as err:
-            if err.errno != _errno.ENOMEM:
-                raise
-        self._reap(2, 0)
-        lo, hi = max(lo, own[0]), min(hi, own[1])
-        return self._pd.register((lo, hi - lo), access)
-
-    def _entry_for(self, mr: MemoryRegion) -> Any:
-        entry = _ffi.new("struct rdmapin_rc_entry *")
-        m = mr._m
-        entry.addr, entry.length, entry.lkey, entry.rkey = m.addr, m.length, m.lkey, m.rkey
-        entry.access = m.access
-        entry.id = next(_ids)
-        return entry
+    def _miss_failed(self, err: int, out: Any) -> Exception:
+        if err in (_errno.ECHILD, _errno.ESHUTDOWN):
+            return self._unusable(err)
+        if err == _errno.EAGAIN:
+            return RegistrationError(err, f"cache.get({out.length} B at {out.addr:#x}): the "
+                                          "mapping kept changing while it was registered")
+        return self._pd._failed_at(err, out.addr, out.length, out.access)
 
     # -- pass-through ----------------------------------------------------------------------
-    def _passthrough_handle(self, mr: MemoryRegion, addr: int, length: int, export: Any,
-                            why: str) -> CacheHandle:
+    def _passthrough_handle(self, entry: Any, mr: MemoryRegion, watch_err: int) -> None:
+        """Keep a pass-through MR for its handle, and say once per reason why."""
+        why = _passthrough_reason(watch_err, self.source_error)
         if why not in self._warned:
             self._warned.add(why)
-            warnings.warn(CacheWarning(f"registered but not cached: {why}"), stacklevel=4)
-        _rc.rdmapin_rc_passthrough(self._c)
-        entry = self._entry_for(mr)
+            warnings.warn(CacheWarning(f"registered but not cached: {why}"), stacklevel=5)
+        m = mr._m
+        entry.addr, entry.length, entry.lkey, entry.rkey = m.addr, m.length, m.lkey, m.rkey
+        entry.access, entry.refs = m.access, 1
         self._passthrough[entry.id] = mr
-        h = _object_new(CacheHandle)
-        h._cache, h._e, h._addr, h._length, h._export, h._mr = (
-            self, entry, addr, length, export, mr)
-        entry.refs = 1
-        return h
 
     def _passthrough_done(self, key: int) -> None:
         mr = self._passthrough.pop(key, None)
@@ -448,7 +403,9 @@ class RegCache(Resource):
         fail with a protection error), then stop the source if no cache is left."""
         forked = _rc.rdmapin_rc_forked(self._c)
         _rc.rdmapin_rc_close(self._c)
-        if forked:  # the parent's MRs: never deregistered from the child
+        if forked:  # the parent's MRs: the child shares its uverbs file, never deregister
+            for mr in [m for _, m in self._entries.values()] + list(self._passthrough.values()):
+                _lib.gc(mr._m, None)  # no ibv_dereg_mr when collected here
             self._entries.clear()
             self._passthrough.clear()
             return
@@ -479,17 +436,35 @@ class RegCache(Resource):
                 f"invalidations={s.invalidations} handles_out={s.handles_out}>")
 
 
-def _grow(lo: int, hi: int, buffer: Any) -> tuple[int, int]:
-    """An rdmapin THP or hugetlb buffer's range grown to whole huge pages inside its
-    mapping: the fewest DMA blocks for a device with huge page sizes, and neighbours hit."""
-    mapping = getattr(buffer, "mapping", None) if not isinstance(buffer, tuple) else None
+def _bad_request(buffer: Any, access: int, err: Exception) -> Exception:
+    if not -(1 << 31) <= access < 1 << 31:
+        return RegistrationError(_errno.EINVAL, f"cache.get(access={access:#x}): not an "
+                                 "ibv_access_flags value (32 bits)",
+                                 hint="combine rdmapin.Access flags")
+    return BufferTypeError(f"cache.get({buffer!r}): expected a buffer or (address, length) "
+                           f"as two non-negative ints below 2**64 ({err})")
+
+
+def _huge_mapping(buffer: Any) -> tuple[int, int, int]:
+    """(huge page size, mapping start, end) of an rdmapin THP or hugetlb buffer, whose MRs
+    grow to whole huge pages inside its mapping (the fewest DMA blocks on a device with huge
+    page sizes, and neighbours hit); (0, 0, 0) for any other buffer."""
+    mapping = getattr(buffer, "mapping", None) if type(buffer) is not tuple else None
     if mapping is None or mapping.backing not in ("thp", "2m", "1g"):
-        return lo, hi
+        return 0, 0, 0
     size = HUGE[1] if mapping.backing == "1g" else HUGE[0]
-    return (max(lo - lo % size, mapping.addr),
-            min(-(-hi // size) * size, mapping.addr + mapping.length))
+    return size, mapping.addr, mapping.addr + mapping.length
 
 
-def _shared(lo: int, hi: int) -> bool:
-    """Is any page of [lo, hi) (present: just registered) shmem, shared or file-backed?"""
-    return bool(pagemap.file_or_shared(pagemap.read("self", lo, hi - lo)).any())
+def _passthrough_reason(watch_err: int, source_error: int) -> str:
+    if source_error:
+        return f"no userfaultfd in this process ({_errno.errorcode.get(source_error, '?')})"
+    if watch_err == 0:
+        return ("shared memory (shmem, memfd or shared hugetlb): truncating or punching "
+                "holes in it raises no event")
+    if watch_err == _errno.EBUSY:
+        return "another userfaultfd of this process watches it (EBUSY)"
+    if watch_err == _errno.EINVAL:
+        return ("userfaultfd cannot watch this mapping (page-cache file, device DAX or a "
+                "hole: only anonymous, shmem and hugetlb memory)")
+    return f"userfaultfd refused it ({_errno.errorcode.get(watch_err, watch_err)})"

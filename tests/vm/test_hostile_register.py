@@ -9,6 +9,7 @@ import mmap
 
 import numpy as np
 import pytest
+import rawmem
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -91,4 +92,70 @@ def test_register_address_tuple_is_an_mr_or_a_typed_error(pd, addr, length, acce
             pass
     finally:
         mem.close()
+    assert _baseline() == before
+
+
+@pytest.fixture(scope="module")
+def cache(pd):
+    c = pd.cache(max_bytes=1 << 20)
+    yield c
+    c.close()
+
+
+@settings(max_examples=60)
+@given(kind=st.sampled_from(["bytearray", "bytes", "numpy", "numpy-strided", "memoryview-ro",
+                             "mmap", "object", "tuple"]),
+       size=st.integers(min_value=0, max_value=4 * PAGE + 3),
+       offset=st.integers(min_value=0, max_value=PAGE + 1), access=ACCESS,
+       addr=st.integers(min_value=-1, max_value=2**64) | st.sampled_from([0, 2**64 - PAGE]))
+@example(kind="tuple", size=2 * PAGE, offset=0, access=1, addr=2**64 - PAGE)
+@example(kind="tuple", size=0, offset=0, access=1, addr=PAGE)
+def test_cache_get_is_a_handle_or_a_typed_error_and_flush_unpins(pd, cache, kind, size,
+                                                                 offset, access, addr):
+    before = _baseline()
+    buf = (addr, size) if kind == "tuple" else _buffer(kind, size, min(offset, size))
+    try:
+        with cache.get(buf, access) as h:
+            assert h.length == (size if kind == "tuple" else memoryview(buf).nbytes)
+            assert h.mr.addr <= h.addr and h.addr + h.length <= h.mr.addr + h.mr.length
+    except RdmapinError:
+        pass
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+    stats = cache.stats()
+    assert stats.handles_out == 0 and stats.bytes_pinned <= 1 << 20
+    cache.flush()
+    assert _baseline() == before
+
+
+@settings(max_examples=30)
+@given(kinds=st.lists(st.sampled_from(["bytearray", "bytes", "numpy", "numpy-strided",
+                                       "mmap", "object", "hole", "empty"]), max_size=6),
+       access=ACCESS)
+@example(kinds=[], access=1)
+def test_register_many_is_all_or_a_typed_error_naming_one(pd, kinds, access):
+    before = _baseline()
+    bufs = []
+    for k in kinds:
+        if k == "hole":  # a page that was mapped a moment ago
+            addr = rawmem.mmap(PAGE)
+            rawmem.munmap(addr, PAGE)
+            bufs.append((addr, PAGE))
+        elif k == "empty":
+            bufs.append(bytearray())
+        else:
+            bufs.append(_buffer(k, PAGE, 0))
+    try:
+        mrs = pd.register_many(bufs, access)
+        assert len(mrs) == len(bufs)
+        for m in mrs:
+            m.close()
+    except RdmapinError as e:
+        if -(1 << 31) <= access < 1 << 31:  # else refused as a whole, before any buffer
+            assert 0 <= e.index < len(bufs) and f"buffer {e.index} of {len(bufs)}" in str(e)
+    finally:
+        for b in bufs:
+            if isinstance(b, mmap.mmap):
+                b.close()
     assert _baseline() == before

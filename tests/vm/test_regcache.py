@@ -320,6 +320,8 @@ def test_fork_child_never_uses_the_parents_mrs(bed):
             cache.get(buf, RW)
         except ForkedError:
             code = 0
+            cache.close()
+            gc.collect()  # the MR objects are gone here: none may deregister
         except BaseException:
             code = 2
         os.write(w, bytes([code]))
