@@ -183,9 +183,13 @@ def guest_status(console_log: Path) -> int | None:
 
 
 def start(vng: list[str], *, interactive: bool = False, stdin_ok: bool = True,
-          stdout: int | None = None) -> subprocess.Popen:
+          stdout: int | None = None, stderr: int | None = None) -> subprocess.Popen:
     """vng in a process group of its own (so a timeout kills its QEMU too), unless the guest
-    shell owns the terminal. QEMU forwards stdin to the guest; CI may give us none."""
+    shell owns the terminal. QEMU forwards stdin to the guest; CI may give us none.
+
+    QEMU opens the guest's stdout and stderr as files at /proc/self/fd/1 and 2, each with
+    its own offset: into a regular file they overwrite each other (pipes are fine)."""
     return subprocess.Popen(vng, start_new_session=not interactive,
-                            stdin=None if stdin_ok else subprocess.DEVNULL, stdout=stdout)
+                            stdin=None if stdin_ok else subprocess.DEVNULL, stdout=stdout,
+                            stderr=stderr)
 
