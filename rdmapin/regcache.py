@@ -276,6 +276,9 @@ class RegCache(Resource):
             if length <= 0:
                 raise RegistrationError(_errno.EINVAL, f"cache.get({length} B at {addr:#x})",
                                         hint="a registration covers at least one byte")
+            if addr + length > 1 << 64:
+                raise RegistrationError(_errno.EINVAL, f"cache.get({length} B at {addr:#x}): "
+                                        "the range wraps past the 64-bit address space")
             return self._register(buffer, addr, length, access, export)
         except BaseException:
             if export is not None:

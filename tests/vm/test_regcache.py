@@ -233,8 +233,9 @@ def test_memlock_limit_cache_evicts_where_register_fails(pins):
     assert res["plain"].startswith("MemlockError after 8"), res  # 8 x 128 KiB = the limit
     assert res["budget"] == [limit, "RLIMIT_MEMLOCK less VmPin"]
     misses, evictions, pinned = res["cache"]
-    assert misses == 24 and evictions >= 16 and pinned <= limit
-    assert res["retry"][0] == 24 and res["retry"][1] >= 16
+    # Neighbouring buffers merge into MRs up to the budget, so fewer evictions than misses.
+    assert misses == 24 and evictions >= 2 and pinned <= limit
+    assert res["retry"][0] == 24 and res["retry"][1] >= 2
 
 
 def test_threads_with_a_remapper(bed):
