@@ -105,11 +105,21 @@ def need_host_tracing() -> None:
     pytest.skip(why)
 
 
+@functools.cache
+def pair_missing() -> str | None:
+    if os.environ.get("RDMAPIN_ROLE") not in ("a", "b"):
+        return "not one of ci/vm/pair's guests (RDMAPIN_ROLE is neither a nor b)"
+    if not (IB_CLASS / "rxe2").exists():
+        return "no rxe2 on the link to the peer guest"
+    return None
+
+
 NEEDS: dict[str, Callable[[], str | None]] = {
     "rdma": rdma_missing,
     "kprobes": kprobes_missing,
     "vm": vm_missing,
     "dimm": dimm_missing,
     "movable": movable_missing,
+    "pair": pair_missing,
     "pmem": pmem_missing,
 }

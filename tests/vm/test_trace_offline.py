@@ -12,62 +12,33 @@ until a signal arrives, so each attempt runs in a child that is interrupted afte
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from trace_util import PAGE, assert_totals_match, buffer_on_node, pfns_of, require
+from trace_util import (
+    MEMORY,
+    PAGE,
+    assert_totals_match,
+    buffer_on_node,
+    dimm_block_missing,
+    offline_block,
+    pfns_of,
+    require,
+)
 
 import rdmapin
 from rdmapin.kernel import memblock
 from rdmapin.trace import Kind, Tracer
 
 pytestmark = [pytest.mark.rdma, pytest.mark.kprobes, pytest.mark.vm, pytest.mark.dimm]
-MEMORY = Path("/sys/devices/system/memory")
 FILLER_PAGES = 200 * 2**20 // PAGE
 MR_PAGES = 2048  # 8 MiB, as measured in VM-NOTES
 ATTEMPT_S = 2.0
 
 
-def _dimm_missing() -> str | None:
-    node1 = Path("/sys/devices/system/node/node1")
-    if not node1.exists():
-        return "no NUMA node 1"
-    blocks = list(node1.glob("memory[0-9]*"))
-    if not blocks:
-        return "node 1 has no memory blocks"
-    if not any((p / "removable").exists() and (p / "removable").read_text().strip() == "1"
-               for p in blocks):
-        return "node 1 has no removable (hot-plugged) memory block"
-    return None
-
-
 @pytest.fixture(autouse=True)
 def _dimm():
-    require(_dimm_missing(), "--dimm 512M")
-
-
-def _offline(block: int, timeout: float) -> tuple[int | None, str, str]:
-    """Try to offline ``block``; interrupt after ``timeout`` s.
-    (exit status or None when interrupted, state after, what the shell said)."""
-    state = MEMORY / f"memory{block}" / "state"
-    child = subprocess.Popen(["sh", "-c", f"echo offline > {state}"],
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        child.wait(timeout=timeout)
-        rc = child.returncode
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGINT)
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        rc = None
-    err = child.stderr.read().strip()
-    return rc, state.read_text().strip(), err
+    require(dimm_block_missing(), "--dimm 512M")
 
 
 def test_offlining_a_pinned_block_fails_naming_the_mr_and_succeeds_after_close():
@@ -88,7 +59,7 @@ def test_offlining_a_pinned_block_fails_naming_the_mr_and_succeeds_after_close()
                     pfns = pfns_of(arr)
                     block, held = Counter((pfns // block_pages).tolist()).most_common(1)[0]
                     v0, t0 = t.vmstat_and_totals()
-                    rc, state, err = _offline(block, ATTEMPT_S)
+                    rc, state, err = offline_block(block, ATTEMPT_S)
                     v1, t1 = t.vmstat_and_totals()
                     deltas = assert_totals_match(v0, v1, t0, t1)
                     assert state == "online", f"memory{block} went {state} with an MR in it"
@@ -115,7 +86,7 @@ def test_offlining_a_pinned_block_fails_naming_the_mr_and_succeeds_after_close()
         finally:
             for _, _, m in kept:
                 m.close()
-        rc, state, err = _offline(block, 60.0)
+        rc, state, err = offline_block(block, 60.0)
         assert rc == 0 and state == "offline", (rc, state, err)
         (MEMORY / f"memory{block}" / "state").write_text("online")
     kept.clear()

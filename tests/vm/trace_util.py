@@ -7,9 +7,11 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from rdmapin.kernel import pagemap
 from rdmapin.trace.events import VMSTAT_KEYS
 
 PAGE = mm.PAGE_SIZE
+MEMORY = Path("/sys/devices/system/memory")
 STRICT = os.environ.get("RDMAPIN_STRICT") == "1"
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -102,3 +105,39 @@ def assert_totals_match(v0: dict, v1: dict, t0: dict, t1: dict) -> dict[str, int
         deltas[k] = vm
     assert t1["lost_events"] == 0, f"{t1['lost_events']} events lost"
     return deltas
+
+
+def dimm_block_missing() -> str | None:
+    """Why node 1 has no hot-plugged (removable) memory block to offline, or None."""
+    node1 = Path("/sys/devices/system/node/node1")
+    if not node1.exists():
+        return "no NUMA node 1"
+    blocks = list(node1.glob("memory[0-9]*"))
+    if not blocks:
+        return "node 1 has no memory blocks"
+    if not any((p / "removable").exists() and (p / "removable").read_text().strip() == "1"
+               for p in blocks):
+        return "node 1 has no removable (hot-plugged) memory block"
+    return None
+
+
+def offline_block(block: int, timeout: float) -> tuple[int | None, str, str]:
+    """Try to offline memory ``block``; the kernel retries a pinned block until a signal
+    arrives, so the attempt runs in a child interrupted after ``timeout`` s.
+    (exit status or None when interrupted, state after, what the shell said)."""
+    state = MEMORY / f"memory{block}" / "state"
+    child = subprocess.Popen(["sh", "-c", f"echo offline > {state}"],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        child.wait(timeout=timeout)
+        rc = child.returncode
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        rc = None
+    err = child.stderr.read().strip()
+    return rc, state.read_text().strip(), err
