@@ -136,6 +136,11 @@ class Channel:
                                        "skipped one)")
         return body
 
+    def drop_stale(self) -> dict[str, Any]:
+        """Forget (and return) what the peer sent for steps this side will not take."""
+        stale, self._stash = self._stash, {}
+        return stale
+
     def exchange(self, tag: str, body: Any = None, timeout: float = 60.0) -> Any:
         self.send(tag, body)
         return self.recv(tag, timeout)

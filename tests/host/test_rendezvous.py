@@ -69,6 +69,26 @@ def test_out_of_step_is_caught_and_the_message_kept():
     assert out["b"] == {"outcome": "passed"}
 
 
+def test_stale_steps_are_dropped():
+    """What the peer said for a step this side never reached is dropped on request."""
+    port = free_port()
+
+    def b(ch):
+        ch.send("step 3", "late")
+        return ch.exchange("end", "b")
+
+    ch, t, out = pair(port, b)
+    with ch:
+        with pytest.raises(RendezvousError, match="out of step"):
+            ch.recv("end", timeout=5)
+        assert ch.drop_stale() == {"step 3": "late"}
+        assert ch.exchange("end", "a") == "b"
+        with pytest.raises(RendezvousError, match="no 'step 3'"):
+            ch.recv("step 3", timeout=0.2)
+    t.join()
+    assert out["b"] == "a"
+
+
 def test_peer_hanging_up_and_silence():
     port = free_port()
     ch, t, _ = pair(port, lambda ch: None)
