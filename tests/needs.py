@@ -106,6 +106,16 @@ def need_host_tracing() -> None:
 
 
 @functools.cache
+def prometheus_missing() -> str | None:
+    import shutil
+
+    missing = [b for b in ("prometheus", "promtool") if shutil.which(b) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed (Debian's prometheus: ci/install-deps)"
+    return None
+
+
+@functools.cache
 def pair_missing() -> str | None:
     if os.environ.get("RDMAPIN_ROLE") not in ("a", "b"):
         return "not one of ci/vm/pair's guests (RDMAPIN_ROLE is neither a nor b)"
@@ -122,4 +132,5 @@ NEEDS: dict[str, Callable[[], str | None]] = {
     "movable": movable_missing,
     "pair": pair_missing,
     "pmem": pmem_missing,
+    "prometheus": prometheus_missing,
 }

@@ -15,7 +15,7 @@ import sys
 
 from rdmapin.errors import RdmapinError
 
-COMMANDS = ("doctor", "pages", "inspect", "trace", "fragmap", "bench")
+COMMANDS = ("doctor", "pages", "inspect", "trace", "fragmap", "bench", "exporter")
 
 
 def build_parser() -> argparse.ArgumentParser:

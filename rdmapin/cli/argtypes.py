@@ -54,3 +54,21 @@ def output_file(text: str) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: directory {str(parent)!r} is not writable")
     return path
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """HOST:PORT to listen on, as host_port, but PORT may be 0 (any free port)."""
+    host, sep, port = text.rpartition(":")
+    if sep and port == "0":
+        return host.strip("[]") or "127.0.0.1", 0
+    return host_port(text)
+
+
+def writable_dir(text: str) -> Path:
+    """A directory that exists and that this user may create files in."""
+    path = Path(text)
+    if not text or not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: not a directory (mkdir -p {text or 'DIR'})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: directory is not writable by this user")
+    return path

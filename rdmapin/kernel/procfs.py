@@ -1,14 +1,19 @@
-"""The kernel's own counters, read as they are: /proc/vmstat, /proc/meminfo, /proc/PID/status.
+"""The kernel's own counters, read as they are: /proc/vmstat, /proc/meminfo, /proc/PID/status,
+/proc/PID/stat and /proc/PID/limits, and the pids in /proc.
 
 Every number rdmapin prints about pins and migrations is checked against these. Mirrors
 mm/vmstat.c (``vmstat_text``), fs/proc/meminfo.c and fs/proc/array.c (``task_mem`` prints
-VmPin from ``mm->pinned_vm``). Checked on 6.1, 6.12 and 6.18.
+VmPin from ``mm->pinned_vm``; ``do_task_stat`` for stat) and fs/proc/base.c
+(``proc_pid_limits``). Checked on 6.1, 6.12 and 6.18.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from rdmapin.errors import KernelFormatError
 from rdmapin.kernel.textfile import lines
 
 PROC = Path("/proc")
@@ -118,3 +123,67 @@ def comm(pid: int | str = "self") -> str:
     except OSError:
         return "?"
     return raw.decode("utf-8", "surrogateescape").removesuffix("\n")
+
+
+def pids() -> list[int]:
+    """Every process id in /proc now (it changes while you look: each read may find it gone)."""
+    return sorted(int(name) for name in os.listdir(PROC) if name.isdigit())
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat rdmapin uses. ``start_ticks`` (field 22) tells a pid
+    reused by a new process from the one seen before; CPU times are in seconds."""
+
+    start_ticks: int
+    utime: float
+    stime: float
+
+
+def stat(pid: int | str = "self") -> Stat:
+    """/proc/PID/stat, read as bytes like status (the comm in it may hold anything)."""
+    text = (PROC / str(pid) / "stat").read_bytes().decode("utf-8", "surrogateescape")
+    return parse_stat(text, f"/proc/{pid}/stat")
+
+
+def parse_stat(text: str, path: str = "/proc/PID/stat") -> Stat:
+    """One record. The comm (field 2) is printed raw in parentheses (do_task_stat: no
+    escaping) and may hold ") ", digits and even newlines, so the record is not split into
+    lines and its fields are counted from the last ')'."""
+    _, paren, tail = text.rpartition(")")
+    fields = tail.split()
+    # fields[0] is field 3 (state): utime is field 14, stime 15, starttime 22
+    try:
+        if not paren or len(fields) < 20:
+            raise ValueError("expected 'PID (COMM) STATE ...' with 22 fields or more")
+        tick = os.sysconf("SC_CLK_TCK")
+        return Stat(start_ticks=int(fields[19]), utime=int(fields[11]) / tick,
+                    stime=int(fields[12]) / tick)
+    except ValueError as e:
+        raise KernelFormatError(path, 1, text.rstrip("\n"), str(e)) from None
+
+
+def memlock_limit(pid: int | str = "self") -> int | None:
+    """The soft RLIMIT_MEMLOCK of ``pid`` in bytes (what ib_umem_get checks VmPin against),
+    None when unlimited. From /proc/PID/limits, which anyone may read."""
+    text = (PROC / str(pid) / "limits").read_text()
+    return parse_limits(text, f"/proc/{pid}/limits")["Max locked memory"][0]
+
+
+def parse_limits(text: str, path: str = "/proc/PID/limits"
+                 ) -> dict[str, tuple[int | None, int | None]]:
+    """``Name  soft  hard  [units]`` per line after the header; the name is the first 25
+    columns (``%-25s``), "unlimited" is None."""
+    out: dict[str, tuple[int | None, int | None]] = {}
+    with lines(text, path) as src:
+        for line in src:
+            if src.lineno == 1:
+                if not line.startswith("Limit "):
+                    raise src.fail("expected the 'Limit  Soft Limit  Hard Limit  Units' header")
+                continue
+            name, values = line[:25].strip(), line[25:].split()
+            if not name or len(values) < 2:
+                raise src.fail("expected 'Name  soft  hard  [units]'")
+            soft, hard = (None if v == "unlimited" else int(v) for v in values[:2])
+            out[name] = (soft, hard)
+    return out

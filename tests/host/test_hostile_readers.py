@@ -40,6 +40,8 @@ READERS = {
     "status": (lambda t: procfs.parse_status(t, "/proc/self/status"), _seed("/proc/self/status")),
     "vmstat": (procfs.parse_vmstat, _seed("/proc/vmstat")),
     "meminfo": (procfs.parse_meminfo, _seed("/proc/meminfo")),
+    "stat": (procfs.parse_stat, _seed("/proc/self/stat")),
+    "limits": (procfs.parse_limits, _seed("/proc/self/limits")),
     "zoneinfo": (mmzone.zoneinfo, _seed("/proc/zoneinfo")),
     "buddyinfo": (mmzone.buddyinfo, _seed("/proc/buddyinfo")),
     "iomem": (mmzone.system_ram,
