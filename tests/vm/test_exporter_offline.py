@@ -81,6 +81,5 @@ def test_an_offline_refused_under_a_pin_reaches_prometheus_attributed(tmp_path):
         if prom is not None:
             prom.stop()
         rc_exp = exp.stop()
-        del filler
-        filler_buf.close()
+        del filler, filler_buf  # unmapped with its last reference (its array's export too)
     assert rc_exp == 0 and "Traceback" not in exp.stderr, exp.stderr
