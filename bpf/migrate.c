@@ -91,18 +91,6 @@ struct vm_area_struct;
 
 #define RP_EAGAIN 11
 
-static __always_inline u64 rp_vmemmap(void)
-{
-#ifdef RP_VMEMMAP_BASE_PTR
-	u64 base = 0;
-
-	bpf_probe_read_kernel(&base, sizeof(base), (void *)RP_VMEMMAP_BASE_PTR);
-	return base;
-#else
-	return RP_VMEMMAP_START;
-#endif
-}
-
 #ifndef RP_FOLIO_SEEN_SLOTS
 #define RP_FOLIO_SEEN_SLOTS 65536
 #endif

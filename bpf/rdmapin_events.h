@@ -48,6 +48,8 @@ enum rp_kind {
 	RP_UMEM_GET,		/* ib_umem_get return; ret=0 or -errno */
 	RP_UMEM_RELEASE,	/* ib_umem_release */
 	RP_PIN_LONGTERM,	/* pin_user_pages*(FOLL_LONGTERM) outside ib_umem_get; ret=-errno */
+	RP_FILEMAP_DELETE,	/* filemap:mm_filemap_delete_from_page_cache of a maybe-pinned
+				 * folio (truncate, hole punch, invalidate, reclaim) */
 };
 
 enum rp_folio_stage {		/* struct rp_folio.stage: the step that refused the folio */
@@ -133,6 +135,15 @@ struct rp_pin {
 	u64 gup_flags;
 };
 
+struct rp_filemap {
+	u64 pfn;		/* the folio's first PFN */
+	u64 ino;
+	u64 index;		/* page offset in the file */
+	u64 dev;		/* the super block's dev_t, as the kernel encodes it */
+	u64 nr_pages;		/* 1 << order (1 where the tracepoint has no order) */
+	u64 refcount;		/* the folio's _refcount then; 0 when its layout is unknown */
+};
+
 struct rp_event {
 	u64 ts_ns;
 	u32 pid;		/* tgid of the task the kernel ran this in */
@@ -154,6 +165,7 @@ struct rp_event {
 		struct rp_collapse collapse;		/* RP_COLLAPSE */
 		struct rp_umem umem;	/* RP_UMEM_BEGIN, RP_UMEM_GET, RP_UMEM_RELEASE */
 		struct rp_pin pin;			/* RP_PIN_LONGTERM */
+		struct rp_filemap filemap;		/* RP_FILEMAP_DELETE */
 	};
 };
 
@@ -186,6 +198,8 @@ enum rp_counter {
 	RPC_UMEM_BYTES,
 	RPC_UMEM_RELEASES,
 	RPC_LONGTERM_PINS,
+	RPC_FILEMAP_DELETES,		/* pages deleted from any page cache */
+	RPC_FILEMAP_PINNED_DELETES,	/* of them, pages of maybe-pinned folios (events) */
 	RPC_LOST_EVENTS,		/* events the buffer refused: reported, never silent */
 	RPC_NR,
 };
@@ -229,6 +243,22 @@ static __always_inline void rp_emit(void *ctx, struct rp_event *ev)
 		rp_count(RPC_LOST_EVENTS, 1);
 #endif
 }
+
+#ifdef RP_STRUCT_PAGE_SIZE
+/* struct page array's start (rdmapin.trace.features._folio_layout: RP_VMEMMAP_BASE_PTR, the
+ * address of vmemmap_base under KASLR, or RP_VMEMMAP_START): PFN <-> struct page *. */
+static __always_inline u64 rp_vmemmap(void)
+{
+#ifdef RP_VMEMMAP_BASE_PTR
+	u64 base = 0;
+
+	bpf_probe_read_kernel(&base, sizeof(base), (void *)RP_VMEMMAP_BASE_PTR);
+	return base;
+#else
+	return RP_VMEMMAP_START;
+#endif
+}
+#endif /* RP_STRUCT_PAGE_SIZE */
 #endif /* RP_USER_SIDE */
 
 #endif /* RDMAPIN_EVENTS_H */

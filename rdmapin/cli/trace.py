@@ -87,6 +87,8 @@ def interesting(ev: Event) -> bool:
         return ev.reason != "continue"
     if ev.kind == Kind.ISOLATION_TEST:
         return ev.detail.get("busy", False)
+    if ev.kind == Kind.FILEMAP_DELETE:  # owned, or maybe-pinned by the folio's counts
+        return bool(ev.owners) or ev.detail["refcount"] > 0
     return True
 
 

@@ -58,6 +58,13 @@ class Owner:
     # The lkeys this range may be, when the kernel's MR list cannot tell (same length, no
     # address): lkey stays None rather than a guess.
     candidates: tuple[int, ...] = ()
+    # The file whose page cache the pinned pages were, once a page-cache event names it:
+    # the owner is then of kind "file" (the path from the pinner's /proc/PID/maps).
+    file: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "file" if self.file else ("pin" if self.source == "pin_user_pages" else "mr")
 
     def label(self) -> str:
         """'mr lkey=0x201 COMM[PID] ADDR+LENGTH', the comm as the process set it: print it
@@ -66,13 +73,15 @@ class Owner:
         key = f" lkey={self.lkey:#x}" if self.lkey is not None else ""
         if self.candidates:
             key = " lkey=" + "|".join(f"{k:#x}" for k in self.candidates) + "?"
-        return f"{what}{key} {self.comm}[{self.pid}] {self.addr:#x}+{self.length}"
+        where = f" file={self.file}" if self.file else ""
+        return f"{what}{key} {self.comm}[{self.pid}] {self.addr:#x}+{self.length}{where}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("ident")
         d.pop("keys_tried")
         d["label"] = self.label()
+        d["kind"] = self.kind
         return d
 
 

@@ -32,7 +32,7 @@ EVENT_NAMES = {
     Kind.COMPACT_FINISHED: "compact_finished", Kind.COMPACT_DEFERRED: "compact_deferred",
     Kind.ISOLATION_TEST: "isolate_test", Kind.COLLAPSE: "collapse_fail",
     Kind.UMEM_BEGIN: "umem_begin", Kind.UMEM_GET: "umem_get", Kind.UMEM_RELEASE: "umem_release",
-    Kind.PIN_LONGTERM: "pin_longterm",
+    Kind.PIN_LONGTERM: "pin_longterm", Kind.FILEMAP_DELETE: "pagecache_delete",
 }
 
 

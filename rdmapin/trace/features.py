@@ -43,6 +43,8 @@ TRACEPOINTS = (
      ("considered",)),
     ("isolation", "page_isolation:test_pages_isolated", None, ("fin_pfn",)),
     ("collapse", "huge_memory:mm_collapse_huge_page", None, ("status",)),
+    ("filemap", "filemap:mm_filemap_delete_from_page_cache", None,
+     ("pfn", "i_ino", "index", "s_dev")),
 )
 # The compaction file needs all of these; they came together in the kernel.
 COMPACTION_CORE = ("mm_compaction_begin", "mm_compaction_end",
@@ -299,6 +301,9 @@ def probe() -> Features:
             feat.missing["compaction"] = f"no tracepoint compaction:{ev}"
             break
         feat.formats[f"compaction:{ev}"] = fmt
+    fm = feat.formats.get("filemap:mm_filemap_delete_from_page_cache")
+    if feat.has("filemap") and fm is not None and "order" in fm.fields:
+        feat.defines["HAVE_FILEMAP_ORDER"] = None  # 6.1 has none: one page per event
     status = feat.collapse_status
     ok = [k for k, v in status.items() if v == "succeeded"]
     if ok:
@@ -320,7 +325,8 @@ def probe() -> Features:
             feat.available[name] = func
             feat.defines[define] = None
     folio_probes = [n for n in FOLIO_PROBES if n in feat.available]
-    why = _folio_layout(feat) if folio_probes else None
+    # bpf/filemap.c reads the same layout to keep only maybe-pinned folios (else: all)
+    why = _folio_layout(feat) if folio_probes or feat.has("filemap") else None
     for name in folio_probes:
         func = feat.available[name]
         if why:

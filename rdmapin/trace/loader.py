@@ -104,6 +104,8 @@ def select_files(feat: Features) -> list[str]:
         files.append("isolation.c")
     if feat.has("collapse"):
         files.append("collapse.c")
+    if feat.has("filemap"):
+        files.append("filemap.c")
     if feat.has("umem") or any(feat.has(p) for p in PIN_PROBES):
         files.append("pins.c")
     return files

@@ -30,6 +30,7 @@ class Summary:
             lambda: {"blocks": 0, "pinned": 0, "scanned": 0, "taken": 0})
         self.compact_all = {"blocks": 0, "scanned": 0, "taken": 0}
         self.isolation_busy: collections.Counter[tuple] = collections.Counter()
+        self.pagecache: collections.Counter[tuple] = collections.Counter()  # pages dropped
         self.owners: dict[tuple, Owner | None] = {("unowned",): None}
         self.events = 0
 
@@ -63,6 +64,11 @@ class Summary:
                 # pinned PFNs of the block, split among owners in proportion is not needed:
                 # blocks rarely hold two owners; count them against the first
                 self.compact[_key(ev.owners[0])]["pinned"] += ev.detail.get("pinned", 0)
+        elif ev.kind == Kind.FILEMAP_DELETE:
+            # a pinned page its file no longer has: the MR and the file now differ there
+            for o in ev.owners or [None]:
+                self.owners[_key(o)] = o
+                self.pagecache[_key(o)] += ev.detail["nr_pages"]
         elif ev.kind == Kind.ISOLATION_TEST and ev.detail.get("busy"):
             o = ev.owners[0] if ev.owners else None
             self.owners[_key(o)] = o
@@ -105,6 +111,10 @@ class Summary:
             "isolation_busy_by_owner": [
                 {**self._owner_cols(self.owners[k]), "tests": n}
                 for k, n in self.isolation_busy.most_common()],
+            "pagecache_by_owner": [
+                {**self._owner_cols(self.owners[k]), "pages": n,
+                 "file": self.owners[k].file if self.owners[k] else None}
+                for k, n in self.pagecache.most_common()],
             "totals": totals or {},
             "histograms": hists or {},
         }
@@ -151,6 +161,10 @@ def render(s: Summary, totals: dict[str, int], hists: dict[str, dict[int, int]],
                            f"{r['taken']:>8} {sk:>6}  {escape(r['owner'])}")
     for r in d["isolation_busy_by_owner"]:
         out.append(f"isolation refused {r['tests']} times: {escape(r['owner'])}")
+    if d["pagecache_by_owner"]:
+        out.append(f"{'PAGECACHE DROPPED':>17}  OWNER (pinned pages its file no longer has)")
+        for r in d["pagecache_by_owner"]:
+            out.append(f"{r['pages']:>17}  {escape(r['owner'])}")
     for name, buckets in sorted(hists.items()):
         out += _hist_lines(name, buckets)
     keys = [k for k, v in totals.items() if v]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rdmapin import registry
-from rdmapin.kernel import procfs, rdma_res
+from rdmapin.kernel import maps, procfs, rdma_res
 from rdmapin.kernel.arch import PAGE_SIZE
 from rdmapin.trace import decode as _decode
 from rdmapin.trace import features as _features
@@ -79,6 +79,7 @@ class Tracer:
             Kind.UMEM_BEGIN: self._attribute_umem_begin, Kind.UMEM_GET: self._attribute_umem_get,
             Kind.UMEM_RELEASE: self._attribute_umem_release,
             Kind.PIN_LONGTERM: self._attribute_pin,
+            Kind.FILEMAP_DELETE: self._attribute_filemap,
         }
         self._table: Any = None
         self._umem_live: Any = None
@@ -239,7 +240,7 @@ class Tracer:
             self.events_dropped += 1
         self._events.append(ev)
         if self.on_event is not None and self._wanted(ev):
-            if ev.failed or ev.kind == Kind.ISOLATE_MIGRATE:
+            if ev.failed or ev.kind in (Kind.ISOLATE_MIGRATE, Kind.FILEMAP_DELETE):
                 for o in ev.owners:
                     self.owners.resolve_keys(o)
             self.on_event(ev)
@@ -317,6 +318,23 @@ class Tracer:
                 ev.owners = [self.ledger.pinned(r.pid, ev.comm, d["addr"], d["nr_pages"],
                                                 PAGE_SIZE, r.ts_ns)]
 
+    def _attribute_filemap(self, ev: Event, r: Any) -> None:
+        """A pinned folio left its file's page cache: the owners of its PFNs, named by the
+        file (the pinner's mapping of that inode at the owner's address)."""
+        nr = ev.detail["nr_pages"]
+        if nr == 1:
+            o = self._lookup(ev.pfn)
+            ev.owners = [o] if o is not None else []
+        else:
+            hits = self.owners.in_range(ev.pfn, ev.pfn + nr)
+            ev.owners = [self.owners.owners[i] for i in hits]
+        for o in ev.owners:
+            if o.file is None:
+                o.file = _mapped_file(o, ev.detail["ino"])
+        named = [o.file for o in ev.owners if o.file]
+        if named:
+            ev.detail["file"] = named[0]
+
     def _wanted(self, ev: Event) -> bool:
         return self.pid is None or ev.pid == self.pid or any(o.pid == self.pid for o in ev.owners)
 
@@ -376,6 +394,19 @@ class Tracer:
         if self.program is None:
             return dict(getattr(self, "_final_hists", {}))
         return self._read_hists()
+
+
+def _mapped_file(o: Owner, ino: int) -> str | None:
+    """The path of the file mapped at ``o``'s address in its process, when that mapping is
+    of inode ``ino`` (the event's); None when the process or mapping is gone."""
+    try:
+        vmas = maps.covering(o.pid, o.addr, o.length, detail=False)
+    except Exception:  # the pinner exited: the event keeps the inode and device
+        return None
+    for v in vmas:
+        if v.inode == ino and v.path:
+            return v.path
+    return None
 
 
 def _compiled_fields(b: Any, table: bytes) -> list[str]:

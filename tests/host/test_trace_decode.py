@@ -99,6 +99,12 @@ CASES: dict[Kind, tuple[dict[str, Any], dict[str, Any]]] = {
         {"reason": "EFAULT", "pfn": None, "pfn_end": None,
          "detail": {"addr": 0x7f1000000000, "nr_pages": 0, "requested": 16,
                     "gup_flags": 0x10000}}),
+    Kind.FILEMAP_DELETE: (
+        {"pfn": 0x12340, "ino": 12, "index": 3, "dev": 0x10300001, "nr_pages": 4,
+         "refcount": 1026},
+        {"reason": "", "pfn": 0x12340, "pfn_end": 0x12344,
+         "detail": {"ino": 12, "index": 3, "dev": 0x10300001, "nr_pages": 4,
+                    "refcount": 1026}}),
 }
 
 

@@ -32,8 +32,9 @@ def test_kinds_are_the_headers_enum_in_order():
     assert [k.name for k in Kind] == [
         "MIGRATE", "FOLIO_FAIL", "COMPACT_BEGIN", "COMPACT_END", "ISOLATE_MIGRATE",
         "ISOLATE_FREE", "COMPACT_MIGRATE", "COMPACT_FINISHED", "COMPACT_DEFERRED",
-        "ISOLATION_TEST", "COLLAPSE", "UMEM_BEGIN", "UMEM_GET", "UMEM_RELEASE", "PIN_LONGTERM"]
-    assert [int(k) for k in Kind] == list(range(1, 16))
+        "ISOLATION_TEST", "COLLAPSE", "UMEM_BEGIN", "UMEM_GET", "UMEM_RELEASE", "PIN_LONGTERM",
+        "FILEMAP_DELETE"]
+    assert [int(k) for k in Kind] == list(range(1, 17))
     assert Kind.FOLIO_FAIL == 2 and Kind(13) is Kind.UMEM_GET
     assert set(EVENT_NAMES) == set(Kind)
 
