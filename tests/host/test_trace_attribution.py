@@ -168,3 +168,24 @@ def test_summary_groups_failures_by_owner_and_compaction_skip_ratio():
     assert d["migrate_by_reason"] == {"compaction": {"succeeded": 10, "failed": 3}}
     text = render(s, {"lost_events": 0, "pgmigrate_fail": 3}, {"x": {1: 2, 3: 4}})
     assert "unowned" in text and "lost events: 0" in text and "0.750" in text
+
+
+@pytest.mark.pure
+def test_pagecache_deletions_are_summed_per_file_owner_and_unowned():
+    """Pages a file's page cache dropped under a pin: per owner (kind file, named by the
+    path), and the ones no known pin holds under unowned."""
+    o = _owner(pid=7)
+    o.lkey, o.file = 0x288, "/mnt/pc/f"
+    s = Summary()
+    for pfn, nr, owners in ((500, 1, [o]), (501, 4, [o]), (900, 1, [])):
+        s.feed(Event(ts=0.0, kind=Kind.FILEMAP_DELETE, pid=7, tid=7, comm="x", reason="",
+                     pfn=pfn, owners=owners,
+                     detail={"ino": 12, "index": 0, "dev": 0, "nr_pages": nr,
+                             "refcount": 1025}))
+    rows = s.to_dict()["pagecache_by_owner"]
+    assert [(r["pages"], r["file"], r["lkey"]) for r in rows] == [(5, "/mnt/pc/f", 0x288),
+                                                                  (1, None, None)]
+    assert o.kind == "file" and o.to_dict()["kind"] == "file"
+    assert o.label() == "mr lkey=0x288 x[7] 0x1000+16384 file=/mnt/pc/f"
+    text = render(s, {}, {})
+    assert f"{5:>17}  {o.label()}" in text and f"{1:>17}  unowned" in text
