@@ -1,7 +1,10 @@
 """An offline refused under a pin, as a fleet's Prometheus sees it: the exporter's tracer
 counts the memory_hotplug migration failures (their delta equal to /proc/vmstat's
-pgmigrate_fail delta) and attributes the failed folios and the refused isolation to the
-process holding the MR, queried from a real Prometheus scraping every second.
+pgmigrate_fail delta) and attributes the failed folios to the MR of the process holding it,
+queried from a real Prometheus scraping every second. (A refused isolation is not asked for:
+in the 6.12 guest none was attributed to the holder within 5 minutes, while on 6.1 one was;
+offline_pages keeps migrating while a pinned page is still on the LRU, and only then tests the
+range's isolation.)
 
 Needs a hot-plugged DIMM as node 1 (`ci/vm/run --dimm 512M`), like test_trace_offline.py:
 the block is tried for 2 s, then interrupted (trace_util.offline_block)."""
@@ -27,7 +30,6 @@ MR_PAGES = 2048
 ATTEMPT_S = 2.0
 FAILED = 'rdmapin_trace_migrate_pages_total{reason="memory_hotplug",result="failed"}'
 OWNER = "rdmapin_trace_owner_folio_failures_total{{{}}}"
-BUSY = "rdmapin_trace_isolation_refused_total{{{}}}"
 
 
 def _total(prom: Prometheus, expr: str) -> float:
@@ -53,8 +55,7 @@ def test_an_offline_refused_under_a_pin_reaches_prometheus_attributed(tmp_path):
                 block = Counter((pfns_of(arr) // memblock.block_pages()).tolist()
                                 ).most_common(1)[0][0]
                 prom.wait(f'rdmapin_scan_timestamp_seconds{{scan="processes"}} > {time.time()}')
-                before = {"fail": _total(prom, FAILED), "owner": _total(prom, OWNER.format(me)),
-                          "busy": _total(prom, BUSY.format(me))}
+                before = {"fail": _total(prom, FAILED), "owner": _total(prom, OWNER.format(me))}
                 v0 = procfs.vmstat()
                 _rc, state, _err = offline_block(block, ATTEMPT_S)
                 v1 = procfs.vmstat()
@@ -71,7 +72,6 @@ def test_an_offline_refused_under_a_pin_reaches_prometheus_attributed(tmp_path):
             prom.wait(f"sum({OWNER.format(me)}) > {before['owner']}", 300)
             lkeys = {m["lkey"] for m, _ in prom.query(OWNER.format(me))}
             assert hex(mr.lkey) in lkeys
-            prom.wait(f"sum({BUSY.format(me)}) > {before['busy']}", 300)
             assert prom.value(f"rdmapin_process_mrs{{{me},device=\"rxe0\"}}") == len(kept)
             for _, _, m in kept:
                 m.close()
