@@ -126,7 +126,7 @@ def pinned(pfns: np.ndarray, compound: np.ndarray | None = None) -> np.ndarray:
         # (page_maybe_dma_pinned's known false positive); an MR's page is, by 1024 per pin.
         small = (refs - np.maximum(maps, 0)) >= GUP_PIN_COUNTING_BIAS
         res = small.copy()
-        if compound is not None and pin_off is not None:
+        if compound is not None and pin_off is not None and np.asarray(compound).any():
             comp = np.asarray(compound, dtype=bool)[order]
             # compound_head: bit 0 set on tail pages, pointing at the head's struct page
             head_ptr = np.where(heads & np.uint64(1), heads - np.uint64(1),
