@@ -33,7 +33,7 @@ from promserver import (
 
 from rdmapin import mm
 from rdmapin.exporter.families import FAMILIES
-from rdmapin.kernel import pagemap, procfs
+from rdmapin.kernel import kcore, pagemap, procfs
 from rdmapin.pages.descriptors import (
     DEVICE_PAGE_SIZES,
     find_best_pgsz,
@@ -144,6 +144,10 @@ def test_registrar_pins_backing_and_failures_as_prometheus_sees_them(bed, regist
             expect[size] += num_dma_blocks(r["addr"], r["length"], best)
     assert blocks == expect
     assert expect[4096] == 3 * 512  # a 4 KiB-only device (rxe) maps every page
+    # pin counts of 4 KiB pages alone (no large folio among them: e871c50 fixed an IndexError there)
+    small = next(r for r in regions if r["backing"] == "4k")
+    pfns = pagemap.pfns(pagemap.read(pid, small["addr"], small["length"]))
+    assert kcore.pinned(pfns, np.zeros(len(pfns), dtype=bool)).all()
 
     # The tracer: pgmigrate_fail's delta as /proc/vmstat's, every failed folio the
     # registrar's (events are drained after the counters: wait for them).
