@@ -171,7 +171,9 @@ def ack_timeout_s(timeout: int) -> float:
 
 def retry_bound_s(timeout: int, retry_cnt: int) -> float:
     """How long a requester waits for an ACK before RETRY_EXC_ERR: the first try and
-    ``retry_cnt`` retries, each an ACK timeout (devices may round the timeout up)."""
+    ``retry_cnt`` retries, each an ACK timeout (devices may round the timeout up). Soft-RoCE
+    (rxe) retries forever at retry_cnt 7 (rxe_comp.c counts down only below 7): use 0-6
+    for a bound there."""
     if not 0 <= retry_cnt <= 7:
         raise ValueError(f"QP retry_cnt {retry_cnt}: expected 0-7")
     return ack_timeout_s(timeout) * (retry_cnt + 1)
