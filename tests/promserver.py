@@ -4,6 +4,7 @@ second, queried through its HTTP API (/api/v1/query)."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import socket
@@ -13,11 +14,22 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
 RULES = TOP / "contrib" / "prometheus" / "rdmapin.rules.yml"
 DASHBOARD = TOP / "contrib" / "grafana" / "rdmapin.json"
+
+
+def prefer_node0() -> None:
+    """A preexec_fn: the child's memory (and what the kernel allocates for it) on node 0 while
+    node 0 has room (set_mempolicy MPOL_PREFERRED), so a test can keep node 1's hot-plugged
+    DIMM for the memory it offlines."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    mask = ctypes.c_ulong(1)
+    if libc.syscall(238, 1, ctypes.byref(mask), ctypes.c_ulong(64)) != 0:  # SYS_set_mempolicy
+        raise OSError(ctypes.get_errno(), "set_mempolicy(MPOL_PREFERRED, node 0)")
 
 
 def free_port() -> int:
@@ -35,12 +47,13 @@ class Exporter:
     """`python -m rdmapin exporter ARGS` (``--listen 127.0.0.1:0`` unless given), its stderr
     collected on a thread; ``url`` once it serves."""
 
-    def __init__(self, *args: str, user: list[str] | None = None) -> None:
+    def __init__(self, *args: str, user: list[str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
         argv = [sys.executable, "-m", "rdmapin", "exporter", *args]
         if "--listen" not in args and "--textfile" not in args:
             argv += ["--listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen([*(user or []), *argv], cwd=TOP, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -125,7 +138,8 @@ class Prometheus:
     """A Prometheus server on 127.0.0.1 scraping ``targets`` every second, with rdmapin's
     alerting rules loaded; its TSDB in ``workdir``."""
 
-    def __init__(self, workdir: Path, targets: list[str], interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, targets: list[str], interval: str = "1s",
+                 preexec: Callable[[], None] | None = None) -> None:
         self.port = free_port()
         config = workdir / "prometheus.yml"
         config.write_text(json.dumps({  # YAML is a superset of JSON
@@ -140,7 +154,7 @@ class Prometheus:
             [shutil.which("prometheus") or "prometheus", f"--config.file={config}",
              f"--storage.tsdb.path={workdir / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec)
         self.base = f"http://127.0.0.1:{self.port}"
         end = time.monotonic() + 300
         while True:
