@@ -80,7 +80,7 @@ def _classify(path: str, pid: int | str) -> FileBacking:
                                device=dev.name, namespace=dev.namespace, align=dev.align,
                                size=dev.size)
         return FileBacking("unknown", path, f"statx: character device {st.rdev}")
-    m = mountinfo.holding(name, st.dev, mountinfo.read(pid))
+    m = mountinfo.holding(name, st.dev, mountinfo.read(pid), st.mnt_id)
     fields = {"mount": m.point, "fstype": m.fstype, "device": m.source,
               "dax_mode": m.dax} if m else {}
     if m is not None and m.source.startswith("/dev/"):

@@ -72,11 +72,20 @@ def read(pid: int | str = "self") -> list[Mount]:
                              hint="is the pid alive? another user's process needs root") from e
 
 
-def holding(path: str, dev: tuple[int, int], mounts: list[Mount] | None = None) -> Mount | None:
-    """The mount of device ``dev`` whose mount point is the longest prefix of ``path`` (the
-    one the file is reached through); None when no mount of that device holds it."""
+def holding(path: str, dev: tuple[int, int], mounts: list[Mount] | None = None,
+            mnt_id: int | None = None) -> Mount | None:
+    """The mount a file is reached through: the one numbered ``mnt_id`` (statx's
+    STATX_MNT_ID, exact) when given and listed, else the mount of device ``dev`` whose mount
+    point is the longest prefix of ``path``; None when neither holds it. The id matters on
+    overlayfs: a regular file there reports its upper layer's device (e.g. a tmpfs under
+    /run in virtme-ng's guests), not the overlay's."""
+    mounts = mounts if mounts is not None else read()
+    if mnt_id is not None:
+        for m in mounts:
+            if m.mount_id == mnt_id:
+                return m
     best = None
-    for m in mounts if mounts is not None else read():
+    for m in mounts:
         if m.dev != dev:
             continue
         point = m.point.rstrip("/") + "/"

@@ -29,6 +29,9 @@ def test_mountinfo_fields_escapes_and_dax_modes():
     assert mountinfo.holding("/mnt/pm dir/f", (259, 0), m) is m[1]
     assert mountinfo.holding("/mnt/pm dirx/f", (259, 0), m) is None  # a prefix, not a dir
     assert mountinfo.holding("/mnt/pc/f", (259, 0), m) is None  # another device's mount
+    # statx's mount id wins over the device (overlayfs files report their upper layer's)
+    assert mountinfo.holding("/mnt/pc/f", (0, 23), m, mnt_id=41) is m[2]
+    assert mountinfo.holding("/mnt/pc/f", (259, 1), m, mnt_id=99) is m[2]  # unlisted id
 
 
 @pytest.mark.pure
@@ -57,9 +60,9 @@ def test_backing_of_real_files(tmp_path):
     f = tmp_path / "f"
     f.write_bytes(b"x")
     got = backing.of_path(str(f))
-    st = os.stat(f)
-    mount = mountinfo.holding(str(f), (os.major(st.st_dev), os.minor(st.st_dev)))
-    assert mount is not None and got.mount == mount.point and got.fstype == mount.fstype
+    st = statx.statx(f)
+    mount = next(m for m in mountinfo.read() if m.mount_id == st.mnt_id)
+    assert got.mount == mount.point and got.fstype == mount.fstype
     assert got.kind == ("shmem" if mount.fstype in backing.NO_WRITEBACK else "pagecache")
     gone = backing.of_path("/memfd:rdmapin (deleted)")
     assert gone.kind == "shmem"
