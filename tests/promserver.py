@@ -49,7 +49,8 @@ class Exporter:
 
     def __init__(self, *args: str, user: list[str] | None = None,
                  preexec: Callable[[], None] | None = None) -> None:
-        argv = [sys.executable, "-m", "rdmapin", "exporter", *args]
+        # faulthandler: a crash in a C library (bcc's compile) leaves its stack on stderr
+        argv = [sys.executable, "-X", "faulthandler", "-m", "rdmapin", "exporter", *args]
         if "--listen" not in args and "--textfile" not in args:
             argv += ["--listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen([*(user or []), *argv], cwd=TOP, stdout=subprocess.PIPE,
@@ -84,9 +85,17 @@ class Exporter:
                     if text in line:
                         return line
                 if "" in self.lines or time.monotonic() > end:
-                    raise AssertionError(f"exporter never said {text!r} (exit "
-                                         f"{self.proc.poll()}):\n{''.join(self.lines)}")
+                    break
                 self._cond.wait(1)
+        # stderr closes before the process is reaped: a crash's signal shows after a wait
+        try:
+            status = self.proc.wait(10 if "" in self.lines else 0.1)
+        except subprocess.TimeoutExpired:
+            status = None
+        why = f"killed by signal {-status}" if status is not None and status < 0 \
+            else f"exit {status}"
+        raise AssertionError(f"exporter never said {text!r} ({why}; the guest's console has "
+                             f"the OOM killer's word if it was that):\n{self.stderr}")
 
     def serving(self, timeout: float = 300) -> str:
         line = self.wait_for("serving http://", timeout)

@@ -152,6 +152,23 @@ def console_tail(log: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:])
 
 
+# Kernel lines that explain a test process that vanished or a command that failed oddly:
+# the OOM killer (mm/oom_kill.c), a user-space crash (arch/x86 show_signal_msg), kernel
+# warnings and oopses, hung tasks.
+ALARMS = re.compile(r"Out of memory|oom-kill|Killed process|segfault at|general protection"
+                    r"|traps: |BUG: |WARNING: |Oops|blocked for more than")
+
+
+def console_alarms(log: Path, limit: int = 20) -> list[str]:
+    """The console's lines that say the kernel killed, caught or warned about something
+    (the first ``limit``): printed when CMD fails, so CI's log says why."""
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line for line in text if ALARMS.search(line)][:limit]
+
+
 def kill(proc: subprocess.Popen, sig: int) -> None:
     """Stop vng and its QEMU (its own process group unless interactive)."""
     try:
