@@ -26,15 +26,10 @@ import time
 import numpy as np
 
 from rdmapin import mm
+from rdmapin.kernel.units import parse_size
 from rdmapin.trace import Tracer
 
 PAGE = mm.PAGE_SIZE
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 10, "M": 20, "G": 30}
-    t = text.strip().upper().rstrip("B").rstrip("I")
-    return int(t[:-1]) << units[t[-1]] if t[-1] in units else int(t)
 
 
 def storm(addrs: np.ndarray) -> tuple[float, int]:

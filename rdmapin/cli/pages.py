@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 from rdmapin.errors import RdmapinError
-from rdmapin.kernel import rdma_res
+from rdmapin.kernel import rdma_res, units
 from rdmapin.kernel.printable import escape_all
 from rdmapin.pages import inspect
 from rdmapin.pages.descriptors import DEFAULT_PGSZ_BITMAP
@@ -32,18 +31,13 @@ and mapping paths are printed escaped (rdmapin.kernel.printable: \\x1b, \\u202e,
 byte that is not UTF-8, \\\\ for a backslash), in JSON too.
 """
 
-_SIZE = re.compile(r"(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?")
-
 
 def parse_size(text: str) -> int:
     """'4096', '4K', '2M', '1G', '0x1000' -> bytes."""
-    if text.lower().startswith("0x"):
-        return int(text, 16)
-    m = _SIZE.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected N, NK, NM, NG or 0xHEX")
-    shift = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
-    return int(m.group(1)) << shift
+    try:
+        return units.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

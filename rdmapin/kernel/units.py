@@ -1,7 +1,10 @@
-"""Bytes for people, in binary units: the one formatter every output uses."""
+"""Bytes for people, in binary units: the one formatter every output uses, and its parser."""
 
 from __future__ import annotations
 
+import re
+
+_SIZE = re.compile(r"(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?")
 _UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
 
@@ -21,3 +24,13 @@ def short(nbytes: int) -> str:
             v = nbytes / size
             return f"{v:.0f}{unit[0]}" if v >= 10 or v == int(v) else f"{v:.1f}{unit[0]}"
     return str(nbytes)
+
+
+def parse_size(text: str) -> int:
+    """'4096', '4K', '2MiB', '1G', '0x1000' -> bytes; ValueError that says the forms."""
+    if text.strip().lower().startswith("0x"):
+        return int(text, 16)
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"size {text!r}: expected N, NK, NM, NG (KiB, MiB ...) or 0xHEX")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
