@@ -10,6 +10,8 @@ for steps the other never reached is dropped there, and the next test starts in 
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from pair_util import PEER, ROLE, SELF
 
@@ -18,6 +20,7 @@ from rdmapin import RendezvousError, rendezvous
 # The peer guest may boot a minute later (TCG, shared cores) and a step may wait for the
 # peer's tracer to compile.
 CONNECT_S = 600.0
+COMPILE_S = 900.0
 BEGIN_S = 300.0
 END_S = 600.0
 
@@ -59,3 +62,44 @@ def peer(request, channel):
             if "out of step" not in str(e):
                 raise
             channel.drop_stale()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tracer_compiling(request):
+    """b's tracer, started on a thread at the session's start when a selected test needs
+    kprobes: its bcc compile (minutes under TCG) overlaps the tests before it."""
+    if ROLE != "b" or not any(item.get_closest_marker("kprobes")
+                              for item in request.session.items):
+        yield None
+        return
+    from rdmapin.trace import Tracer
+
+    box: dict = {}
+
+    def start() -> None:
+        try:
+            box["tracer"] = Tracer().start()
+        except BaseException as e:  # handed to the test that asks for it
+            box["error"] = e
+
+    thread = threading.Thread(target=start, name="tracer-compile", daemon=True)
+    thread.start()
+    yield thread, box
+    thread.join(COMPILE_S)
+    if "tracer" in box:
+        box["tracer"].stop()
+
+
+@pytest.fixture
+def tracer(_tracer_compiling):
+    """b's running tracer (None on a); its events from before the test are the caller's to
+    skip (Tracer.events() lists all since the session's start)."""
+    if _tracer_compiling is None:
+        return None
+    thread, box = _tracer_compiling
+    thread.join(COMPILE_S)
+    if thread.is_alive():
+        pytest.fail(f"the tracer did not start within {COMPILE_S:.0f} s", pytrace=False)
+    if "error" in box:
+        raise box["error"]
+    return box["tracer"]
