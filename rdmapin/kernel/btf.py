@@ -4,6 +4,11 @@ PG_head bit, FOLL_LONGTERM, TTU_SPLIT_HUGE_PMD. Layouts move between kernels (6.
 ``_folio_order`` as a byte of struct folio; later kernels fold the order into ``_flags_1``),
 so they are looked up, never assumed.
 
+A module's BTF (/sys/kernel/btf/MODULE, CONFIG_DEBUG_INFO_BTF_MODULES) is split BTF on top
+of vmlinux's: its type ids continue after vmlinux's last and its string offsets after
+vmlinux's string section (tools/lib/bpf/btf.c, btf_new with a base), so ``module`` reads it
+with vmlinux's as the base: the RDMA core's struct ib_mr lives in ib_core's (6.1, 6.12).
+
 The walk over ~100k types decodes only the names asked for (compared as string-table
 offsets), because in a TCG guest a full decode takes tens of seconds.
 Mirrors kernel/bpf/btf.c's type encoding (include/uapi/linux/btf.h); checked on 6.1, 6.12
@@ -35,26 +40,27 @@ class Btf:
     """Sizes and member offsets of the named structs; values of the named enumerators."""
 
     def __init__(self, data: bytes, structs: tuple[str, ...] = STRUCTS,
-                 enums: tuple[str, ...] = ENUMS, funcs: tuple[str, ...] = FUNCS) -> None:
+                 enums: tuple[str, ...] = ENUMS, funcs: tuple[str, ...] = FUNCS,
+                 base: Btf | None = None) -> None:
         magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
             "<HBBIIIII", data, 0)
         if magic != 0xEB9F:
             raise ValueError("not BTF (bad magic)")
         t0 = hdr_len + type_off
         types = memoryview(data)[t0: t0 + type_len]
-        self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
-        want_struct = {self._offset_of(n): n for n in structs}
-        want_enum = {self._offset_of(n): n for n in enums}
-        want_func = {self._offset_of(n): n for n in funcs}
-        want_func.pop(None, None)
-        self.funcs: set[str] = set()  # of ``funcs``, those BTF describes (fentry/fexit-able)
-        want_struct.pop(None, None)
-        want_enum.pop(None, None)
+        strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
+        if base is not None:  # split BTF: read as its base's types and strings, then its own
+            strings = base._strings + strings
+            types = memoryview(bytes(base._types) + bytes(types))
+        self._strings, self._types = strings, types
         # every type's (kind, size/type, record position): needed to follow member types
         self._kind: list[int] = [0]
         self._size: list[int] = [0]
         self._pos: list[int] = [0]
-        self._types = types
+        want_struct = self._offsets_of(structs)
+        want_enum = self._offsets_of(enums)
+        want_func = self._offsets_of(funcs)
+        self.funcs: set[str] = set()  # of ``funcs``, those BTF describes (fentry/fexit-able)
         self.structs: dict[str, int] = {}
         self.enums: dict[str, int] = {}
         unpack = struct.Struct("<III").unpack_from
@@ -80,10 +86,17 @@ class Btf:
                         self.enums.setdefault(want_enum[e_name], lo)
             pos += 12 + _TAIL.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
 
-    def _offset_of(self, name: str) -> int | None:
-        needle = b"\0" + name.encode() + b"\0"
-        i = self._strings.find(needle)
-        return None if i < 0 else i + 1
+    def _offsets_of(self, names: tuple[str, ...]) -> dict[int, str]:
+        """{string offset: name} of every place the string table holds one of ``names`` (a
+        split BTF's strings may repeat one of its base's)."""
+        out = {}
+        for name in names:
+            needle = b"\0" + name.encode() + b"\0"
+            i = self._strings.find(needle)
+            while i >= 0:
+                out[i + 1] = name
+                i = self._strings.find(needle, i + 1)
+        return out
 
     def _str(self, off: int) -> str:
         end = self._strings.index(b"\0", off)
@@ -142,5 +155,19 @@ def vmlinux() -> Btf | None:
     """The running kernel's BTF, or None when the kernel has none (no CONFIG_DEBUG_INFO_BTF)."""
     try:
         return Btf(VMLINUX.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+@functools.cache
+def module(name: str, structs: tuple[str, ...], enums: tuple[str, ...] = ()) -> Btf | None:
+    """The BTF of loaded module ``name`` (split BTF over vmlinux's), for ``structs`` and
+    ``enums``; None when the module is not loaded or the kernel has no module BTF."""
+    base = vmlinux()
+    if base is None:
+        return None
+    try:
+        return Btf((VMLINUX.parent / name).read_bytes(), structs=structs, enums=enums,
+                   funcs=(), base=base)
     except (OSError, ValueError):
         return None

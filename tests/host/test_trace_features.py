@@ -83,6 +83,24 @@ def test_btf_offsets_look_through_anonymous_members():
     assert b.enums["X"] == 6
 
 
+def test_split_btf_reads_its_own_types_and_its_bases():
+    """A module's BTF continues vmlinux's type ids and string offsets: struct m (the
+    module's) holds a struct s (the base's) and is looked up like any; s is found too."""
+    base_blob = _btf_blob()
+    base = btf.Btf(base_blob, structs=(), enums=())
+    base_strings = struct.unpack_from("<I", base_blob, 20)[0]  # str_len: where ours start
+    strings = b"\0m\0y\0x\0"
+    off = {n: base_strings + strings.index(n.encode() + b"\0") for n in ("m", "x", "y")}
+    # 7 struct m { struct s x; int y; } (ids 1..6 are the base's: 1 int, 5 struct s)
+    types = struct.pack("<III", off["m"], (4 << 24) | 2, 32)
+    types += struct.pack("<III", off["x"], 5, 0) + struct.pack("<III", off["y"], 1, 24 * 8)
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    m = btf.Btf(hdr + types + strings, structs=("m", "s"), enums=("X",), funcs=(), base=base)
+    assert m.structs == {"s": 5, "m": 7}
+    assert (m.sizeof("m"), m.offsetof("m", "y"), m.offsetof("m", "x")) == (32, 24, 0)
+    assert m.offsetof("s", "d") == 16 and m.enums == {"X": 6}
+
+
 def test_btf_of_this_kernel_has_the_fields_the_folio_probe_reads():
     b = btf.vmlinux()
     if b is None:
