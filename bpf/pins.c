@@ -10,8 +10,11 @@
  *         the event (the ring is read in order, and behind a flood of folio failures a TCG
  *         guest was measured ~50 s late: long after a short-lived MR was released and its
  *         pages moved). A pin_user_pages* pin has no release event to pair with, so the user
- *         side deletes what it read from rp_pin_recent.
- * -D parameters: HAVE_UMEM (ib_umem_get/release attachable), HAVE_PIN_USER, HAVE_PIN_FAST,
+ *         side deletes what it read from rp_pin_recent. With HAVE_MR_KEYS, rp_mr_umem names
+ *         the umem each thread's last ib_umem_get returned, for bpf/mrkeys.c to write the MR's
+ *         keys into its rp_umem_live entry when the RDMA core adds the MR.
+ * -D parameters: HAVE_UMEM (ib_umem_get/release attachable), HAVE_MR_KEYS (bpf/mrkeys.c is
+ *   loaded too), HAVE_PIN_USER, HAVE_PIN_FAST,
  *   HAVE_PIN_REMOTE (attach only), RP_FOLL_LONGTERM (the flag's value, from BTF or the
  *   kernel's mm.h; it moved from a #define to an enum after 6.1), RP_UMEM_SLOTS and
  *   RP_PIN_SLOTS (bounds of rp_umem_live and rp_pin_recent; a pin past them is read when its
@@ -36,11 +39,17 @@ struct rp_umem_live {
 	u64 addr;
 	u64 size;
 	u32 pid;
-	u32 pad;
+	u32 keyed;	/* 1 once bpf/mrkeys.c wrote the MR's keys below */
+	u32 lkey;
+	u32 rkey;
+	char device[RP_IBDEV_NAME_LEN];
 };
 
 BPF_HASH(rp_umem_live, u64, struct rp_umem_live, RP_UMEM_SLOTS);	/* umem -> range */
 BPF_ARRAY(rp_umem_gen, u64, 1);
+#ifdef HAVE_MR_KEYS
+BPF_HASH(rp_mr_umem, u32, u64, RP_TID_SLOTS);	/* tid -> umem its ib_umem_get returned */
+#endif
 
 #ifndef RP_PIN_SLOTS
 #define RP_PIN_SLOTS 4096
@@ -106,16 +115,20 @@ int rp_umem_get_ret(struct pt_regs *ctx)
 	if (umem < 0 && umem >= -4095) {	/* IS_ERR() */
 		ev.ret = umem;
 	} else {
-		struct rp_umem_live live = {
-			.ts_ns = ev.ts_ns, .addr = ev.umem.addr, .size = ev.umem.size,
-			.pid = ev.pid, .pad = 0,
-		};
+		struct rp_umem_live live = {};
 		u64 key = umem;
 
+		live.ts_ns = ev.ts_ns;
+		live.addr = ev.umem.addr;
+		live.size = ev.umem.size;
+		live.pid = ev.pid;
 		ev.umem.umem = umem;
 		rp_count(RPC_UMEM_GETS, 1);
 		rp_count(RPC_UMEM_BYTES, ev.umem.size);
 		rp_umem_live.update(&key, &live);
+#ifdef HAVE_MR_KEYS
+		rp_mr_umem.update(&tid, &key);
+#endif
 		rp_gen_bump();
 	}
 	rp_emit(ctx, &ev);
@@ -131,6 +144,15 @@ int rp_umem_release(struct pt_regs *ctx)
 	if (!umem)
 		return 0;
 	rp_umem_live.delete(&umem);
+#ifdef HAVE_MR_KEYS
+	{	/* released before any MR took it (the driver's reg_user_mr failed) */
+		u32 tid = (u32)bpf_get_current_pid_tgid();
+		u64 *mine = rp_mr_umem.lookup(&tid);
+
+		if (mine && *mine == umem)
+			rp_mr_umem.delete(&tid);
+	}
+#endif
 	rp_count(RPC_UMEM_RELEASES, 1);
 	rp_init(&ev, RP_UMEM_RELEASE);
 	ev.umem.umem = umem;

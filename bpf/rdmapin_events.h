@@ -50,6 +50,8 @@ enum rp_kind {
 	RP_PIN_LONGTERM,	/* pin_user_pages*(FOLL_LONGTERM) outside ib_umem_get; ret=-errno */
 	RP_FILEMAP_DELETE,	/* filemap:mm_filemap_delete_from_page_cache of a maybe-pinned
 				 * folio (truncate, hole punch, invalidate, reclaim) */
+	RP_MR_KEYS,		/* rdma_restrack_add of the MR over an ib_umem_get this thread
+				 * made (bpf/mrkeys.c): its keys and device */
 };
 
 enum rp_folio_stage {		/* struct rp_folio.stage: the step that refused the folio */
@@ -144,6 +146,17 @@ struct rp_filemap {
 	u64 refcount;		/* the folio's _refcount then; 0 when its layout is unknown */
 };
 
+#define RP_IBDEV_NAME_LEN 16	/* of IB_DEVICE_NAME_MAX (64): "rxe0", "mlx5_0" fit */
+
+struct rp_mr_keys {
+	u64 umem;		/* struct ib_umem * the MR maps */
+	u64 get_ts;		/* ts_ns of that umem's RP_UMEM_GET event */
+	u64 length;		/* ib_mr.length */
+	u32 lkey;
+	u32 rkey;
+	char device[RP_IBDEV_NAME_LEN];	/* ib_device.name, cut to 15 bytes */
+};
+
 struct rp_event {
 	u64 ts_ns;
 	u32 pid;		/* tgid of the task the kernel ran this in */
@@ -166,6 +179,7 @@ struct rp_event {
 		struct rp_umem umem;	/* RP_UMEM_BEGIN, RP_UMEM_GET, RP_UMEM_RELEASE */
 		struct rp_pin pin;			/* RP_PIN_LONGTERM */
 		struct rp_filemap filemap;		/* RP_FILEMAP_DELETE */
+		struct rp_mr_keys mr;			/* RP_MR_KEYS */
 	};
 };
 

@@ -38,7 +38,7 @@ Prometheus labels carry the same escaped text.
 
 FMT = "{:<9} {:<15} {:>7} {:<16} {:<17} {:<25} {}"
 HEADER = ("TIME(s)", "COMM", "PID", "EVENT", "REASON", "PFN/RANGE", "OWNER")
-QUIET = (Kind.ISOLATE_FREE, Kind.UMEM_BEGIN)
+QUIET = (Kind.ISOLATE_FREE, Kind.UMEM_BEGIN, Kind.MR_KEYS)  # --all shows them
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -39,6 +39,12 @@ def unclaimed_own_mr(addr: int, length: int,
     return None
 
 
+# Where an owner's keys were read (Owner.keys_from), most exact first: the kernel's struct
+# ib_mr at registration (bpf/mrkeys.c), this process's registry, the kernel's MR list over
+# netlink (matched by pid and length: what is left where the probe cannot attach).
+KEYS_FROM = ("restrack_add", "registry", "netlink")
+
+
 @dataclass
 class Owner:
     """One pinned range and who pinned it. ``lkey`` is None until the MR is known (the
@@ -52,6 +58,8 @@ class Owner:
     lkey: int | None = None
     device: str | None = None
     umem: int | None = None
+    rkey: int | None = None
+    keys_from: str | None = None  # one of KEYS_FROM, once lkey is known
     pages: int = 0  # PFNs of it in the owner map
     ident: int = field(default=0, compare=False)
     keys_tried: float = field(default=0.0, compare=False, repr=False)
@@ -61,6 +69,12 @@ class Owner:
     # The file whose page cache the pinned pages were, once a page-cache event names it:
     # the owner is then of kind "file" (the path from the pinner's /proc/PID/maps).
     file: str | None = None
+
+    def set_keys(self, lkey: int, device: str | None, keys_from: str,
+                 rkey: int | None = None) -> None:
+        self.lkey, self.device, self.keys_from = lkey, device, keys_from
+        if rkey is not None:
+            self.rkey = rkey
 
     @property
     def kind(self) -> str:
@@ -149,8 +163,10 @@ class OwnerMap:
         return dict(zip(ids.tolist(), counts.tolist(), strict=True))
 
     def resolve_keys(self, owner: Owner, kernel_mrs: list | None = None) -> None:
-        """Fill in lkey/device for an MR owner: this process's registry by address, another's
-        from the kernel's MR list by pid and length (first unclaimed match)."""
+        """Fill in lkey/device for an MR owner that has none yet: this process's registry by
+        address, another's from the kernel's MR list by pid and length (first unclaimed
+        match). The ledger's owners get theirs at registration where bpf/mrkeys.c attaches;
+        this is what is left for the others (pins made before tracing, MRs it missed)."""
         if owner.lkey is not None or owner.candidates or owner.source == "pin_user_pages":
             return
         now = time.monotonic()
@@ -161,7 +177,7 @@ class OwnerMap:
         if owner.pid == os.getpid():
             found = unclaimed_own_mr(owner.addr, owner.length, claimed)
             if found is not None:
-                owner.lkey, owner.device = found
+                owner.set_keys(*found, "registry")
             return
         if kernel_mrs is None:
             from rdmapin.kernel import rdma_res
@@ -171,4 +187,4 @@ class OwnerMap:
                 return
         found = unclaimed_kernel_mr(kernel_mrs, owner.pid, owner.length, claimed)
         if found is not None:
-            owner.lkey, owner.device = found
+            owner.set_keys(*found, "netlink")

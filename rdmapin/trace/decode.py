@@ -117,6 +117,11 @@ def _umem_release(f: Any, r: Any, names: Names) -> Decoded:
     return Decoded({"umem": f.umem})
 
 
+def _mr_keys(f: Any, r: Any, names: Names) -> Decoded:
+    return Decoded({"umem": f.umem, "umem_get_ts": f.get_ts, "lkey": f.lkey, "rkey": f.rkey,
+                    "length": f.length, "device": f.device.decode(errors="surrogateescape")})
+
+
 def _pin_longterm(f: Any, r: Any, names: Names) -> Decoded:
     return Decoded({"addr": f.start, "nr_pages": f.nr_pages, "requested": f.requested,
                     "gup_flags": f.gup_flags}, reason=errname(r.ret))
@@ -146,6 +151,7 @@ DECODERS: dict[Kind, Callable[[Any, Any, Names], Decoded]] = {
     Kind.UMEM_RELEASE: _umem_release,
     Kind.PIN_LONGTERM: _pin_longterm,
     Kind.FILEMAP_DELETE: _filemap_delete,
+    Kind.MR_KEYS: _mr_keys,
 }
 
 

@@ -60,6 +60,7 @@ KPROBES = (
     ("umem", "ib_umem_get", "HAVE_UMEM",
      (("rp_umem_get", False), ("rp_umem_get_ret", True))),
     ("umem_release", "ib_umem_release", "HAVE_UMEM", (("rp_umem_release", False),)),
+    ("mr_keys", "rdma_restrack_add", "HAVE_MR_KEYS", (("rp_mr_keys", False),)),
     ("pin_user", "pin_user_pages", "HAVE_PIN_USER",
      (("rp_pin_user", False), ("rp_pin_ret", True))),
     ("pin_fast", "pin_user_pages_fast", "HAVE_PIN_FAST",
@@ -67,6 +68,10 @@ KPROBES = (
     ("pin_remote", "pin_user_pages_remote", "HAVE_PIN_REMOTE",
      (("rp_pin_remote", False), ("rp_pin_ret", True))),
 )
+# The MR's keys at registration (bpf/mrkeys.c): read from the struct ib_mr the RDMA core adds
+# to its resource tracking, laid out as ib_core's BTF says (split over vmlinux's).
+MR_STRUCTS = ("ib_mr", "ib_device", "rdma_restrack_entry")
+MR_MODULE = "ib_core"
 # Long-term pins outside RDMA: io_uring's fixed buffers (pin_user_pages on 6.1), VFIO
 # (pin_user_pages_remote), drivers (pin_user_pages_fast).
 PIN_PROBES = ("pin_user", "pin_fast", "pin_remote")
@@ -269,6 +274,30 @@ def _folio_layout(feat: _Draft) -> str | None:
     return None
 
 
+def _mr_layout(feat: _Draft) -> str | None:
+    """-D values for reading the struct ib_mr around a restrack entry; returns why not, or
+    None. Without them the tracer asks the kernel's MR list for keys (netlink), which a
+    short-lived MR of another process can leave before the answer comes."""
+    b = _btf.module(MR_MODULE, MR_STRUCTS, ("RDMA_RESTRACK_MR",))
+    if b is None:
+        return f"no BTF for {MR_MODULE} (struct ib_mr)"
+    offsets = {
+        "RP_MR_RES_OFF": b.offsetof("ib_mr", "res"),
+        "RP_MR_LKEY_OFF": b.offsetof("ib_mr", "lkey"),
+        "RP_MR_RKEY_OFF": b.offsetof("ib_mr", "rkey"),
+        "RP_MR_LENGTH_OFF": b.offsetof("ib_mr", "length"),
+        "RP_MR_DEVICE_OFF": b.offsetof("ib_mr", "device"),
+        "RP_IBDEV_NAME_OFF": b.offsetof("ib_device", "name"),
+        "RP_RES_TYPE_OFF": b.offsetof("rdma_restrack_entry", "type"),
+        "RP_RESTRACK_MR": b.enums.get("RDMA_RESTRACK_MR"),
+    }
+    if None in offsets.values():
+        lacking = ", ".join(k for k, v in offsets.items() if v is None)
+        return f"struct ib_mr layout not in BTF ({lacking})"
+    feat.defines.update({k: str(v) for k, v in offsets.items()})
+    return None
+
+
 def probe() -> Features:
     """Look at the running kernel, once; never raises for a missing capability. The result
     is frozen: a plan (rdmapin.trace.loader.plan) is made from it, never edits to it."""
@@ -320,7 +349,8 @@ def probe() -> Features:
             feat.missing[name] = kprobes_why
         elif func not in funcs:
             feat.missing[name] = (f"{func} not kprobe-able (module not loaded or inlined)"
-                                  if func.startswith("ib_umem") else f"{func} not kprobe-able")
+                                  if func.startswith(("ib_umem", "rdma_")) else
+                                  f"{func} not kprobe-able")
         else:
             feat.available[name] = func
             feat.defines[define] = None
@@ -335,6 +365,13 @@ def probe() -> Features:
             feat.missing[name] = why
         elif _fexit_ok(func):
             feat.defines[FOLIO_PROBES[name]] = None
+    if feat.has("mr_keys"):
+        why = None if feat.has("umem") else "needs ib_umem_get's probe (the MR's umem)"
+        why = why or _mr_layout(feat)
+        if why:
+            feat.available.pop("mr_keys")
+            feat.defines.pop("HAVE_MR_KEYS", None)
+            feat.missing["mr_keys"] = why
     if feat.has("folio_unmap"):
         b = _btf.vmlinux()
         split = b.enums.get("TTU_SPLIT_HUGE_PMD") if b is not None else None

@@ -75,7 +75,8 @@ def take(owners: OwnerMap, pid: int | None = None) -> Inventory:
         for rec in registry.live():
             o = owners.add_range(Owner(pid=me, comm=procfs.comm(me), addr=rec.addr,
                                        length=rec.length, source="registry", lkey=rec.lkey,
-                                       device=rec.device))
+                                       device=rec.device, rkey=rec.rkey,
+                                       keys_from="registry"))
             inv.owners.append(o)
     try:
         kernel = rdma_res.mrs(pid)
@@ -114,9 +115,12 @@ def take(owners: OwnerMap, pid: int | None = None) -> Inventory:
             candidates = tuple(sorted(m.lkey for m in same if m.lkey is not None))
             for m, hit in zip(same, hits, strict=False):
                 free.remove(hit)
+                known = not ambiguous and m.lkey is not None
                 o = owners.add(Owner(pid=mpid, comm=m.comm or procfs.comm(mpid), addr=hit[0],
                                      length=m.length, source="inventory",
-                                     lkey=None if ambiguous else m.lkey, device=m.device,
+                                     lkey=m.lkey if known else None, device=m.device,
+                                     rkey=m.rkey if known else None,
+                                     keys_from="netlink" if known else None,
                                      candidates=candidates if ambiguous else ()), hit[2])
                 inv.owners.append(o)
         for addr, length, pfns in free:

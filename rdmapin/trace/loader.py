@@ -108,6 +108,8 @@ def select_files(feat: Features) -> list[str]:
         files.append("filemap.c")
     if feat.has("umem") or any(feat.has(p) for p in PIN_PROBES):
         files.append("pins.c")
+    if feat.has("mr_keys"):  # features grants it only with umem: pins.c is in
+        files.append("mrkeys.c")
     return files
 
 
@@ -186,8 +188,9 @@ def plan(feat: Features, *, ringbuf: bool | None = None, fexit: bool = True) -> 
         defs["RP_RINGBUF"] = None
     kprobes = tuple((name, func, tuple(fns)) for name, func, _d, fns in KPROBES
                     if feat.has(name) and name not in fexit_names) if files else ()
+    kprobe_names = {name for name, _f, _d, _fns in KPROBES}
     tps = tuple(tp for name, tp in feat.available.items()
-                if not name.startswith(("folio", "umem", "pin"))) if files else ()
+                if name not in kprobe_names) if files else ()
     return Plan(files=files, defines=MappingProxyType(defs),
                 header_cflags=tuple(feat.header_cflags),
                 header_env=MappingProxyType(dict(feat.header_env)), headers=feat.headers,

@@ -27,7 +27,7 @@ from rdmapin.trace import inventory as _inventory
 from rdmapin.trace import loader
 from rdmapin.trace.attribution import Owner, OwnerMap
 from rdmapin.trace.events import COUNTERS, LAYOUT, VMSTAT_KEYS, Event, Kind
-from rdmapin.trace.ledger import Ledger
+from rdmapin.trace.ledger import Keys, Ledger, Live
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,16 @@ class Tracer:
             Kind.UMEM_RELEASE: self._attribute_umem_release,
             Kind.PIN_LONGTERM: self._attribute_pin,
             Kind.FILEMAP_DELETE: self._attribute_filemap,
+            Kind.MR_KEYS: self._attribute_mr_keys,
         }
         self._table: Any = None
         self._umem_live: Any = None
         self._umem_gen: Any = None
         self._pin_recent: Any = None
         self._pins_gen = 0
+        # The kernel's MR list (netlink) for the keys of registrations read ahead: only where
+        # bpf/mrkeys.c did not attach (it gives them at registration, see Ledger).
+        self._keys_fallback: Callable[[int], list] | None = rdma_res.mrs
         self.started = 0.0
 
     # lifecycle -------------------------------------------------------------------------
@@ -104,6 +108,8 @@ class Tracer:
         self._check_layout()
         if self.program.has("umem"):
             self._umem_live, self._umem_gen = b[b"rp_umem_live"], b[b"rp_umem_gen"]
+        if self.program.has("mr_keys"):
+            self._keys_fallback = None
         if any(self.program.has(n) for n in _features.PIN_PROBES):
             self._pin_recent, self._umem_gen = b[b"rp_pin_recent"], b[b"rp_umem_gen"]
         if self.program.ringbuf:
@@ -193,7 +199,8 @@ class Tracer:
     def _watch_pins(self) -> None:
         gen = int(self._umem_gen[0].value)
         with self._pins_lock:
-            if gen == self._pins_gen and not self.ledger.keys_wanted():
+            if gen == self._pins_gen and not (self._keys_fallback is not None
+                                              and self.ledger.keys_wanted()):
                 return
             self._pins_gen = gen
             if self._pin_recent is not None:
@@ -205,7 +212,8 @@ class Tracer:
                         del self._pin_recent[self._pin_recent.Key(ts_ns)]
             if self._umem_live is None:
                 return
-            live = {(int(k.value), int(v.ts_ns)): (int(v.pid), int(v.addr), int(v.size))
+            live = {(int(k.value), int(v.ts_ns)): Live(int(v.pid), int(v.addr), int(v.size),
+                                                        _keys(v))
                     for k, v in self._umem_live.items()}
 
             def still_live(umem: int, ts_ns: int) -> bool:
@@ -214,7 +222,7 @@ class Tracer:
                 except KeyError:
                     return False
 
-            self.ledger.watch(live, still_live, rdma_res.mrs)
+            self.ledger.watch(live, still_live, self._keys_fallback)
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Read what the kernel has buffered (the thread does this; callers may too)."""
@@ -262,7 +270,8 @@ class Tracer:
             self._registry_seen.add((r.device, r.lkey))
             self.owners.add_range(Owner(pid=os.getpid(), comm=procfs.comm(os.getpid()),
                                         addr=r.addr, length=r.length, source="registry",
-                                        lkey=r.lkey, device=r.device))
+                                        lkey=r.lkey, device=r.device, rkey=r.rkey,
+                                        keys_from="registry"))
         return bool(new)
 
     # Attribution: the ledger's and the owner map's part, after decoding. Each reads the
@@ -309,6 +318,13 @@ class Tracer:
 
     def _attribute_umem_release(self, ev: Event, r: Any) -> None:
         o = self.ledger.release(ev.detail["umem"])
+        ev.owners = [o] if o else []
+
+    def _attribute_mr_keys(self, ev: Event, r: Any) -> None:
+        d = ev.detail
+        with self._pins_lock:
+            o = self.ledger.keyed(d["umem"], d["umem_get_ts"],
+                                  Keys(d["lkey"], d["rkey"], d["device"]))
         ev.owners = [o] if o else []
 
     def _attribute_pin(self, ev: Event, r: Any) -> None:
@@ -394,6 +410,14 @@ class Tracer:
         if self.program is None:
             return dict(getattr(self, "_final_hists", {}))
         return self._read_hists()
+
+
+def _keys(v: Any) -> Keys | None:
+    """The MR keys bpf/mrkeys.c wrote into an rp_umem_live value, once it has."""
+    if not v.keyed:
+        return None
+    return Keys(int(v.lkey), int(v.rkey), bytes(v.device).split(b"\0", 1)[0].decode(
+        errors="surrogateescape"))
 
 
 def _mapped_file(o: Owner, ino: int) -> str | None:

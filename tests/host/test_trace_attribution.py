@@ -12,7 +12,7 @@ import pytest
 from rdmapin.kernel import arch, pagemap
 from rdmapin.trace.attribution import Owner, OwnerMap
 from rdmapin.trace.events import Event, Kind
-from rdmapin.trace.ledger import Ledger
+from rdmapin.trace.ledger import Keys, Ledger, Live
 from rdmapin.trace.summary import Summary, render
 
 PAGE = arch.PAGE_SIZE
@@ -127,7 +127,7 @@ def test_ledger_reads_a_live_registrations_pages_before_its_event_arrives():
     then = pagemap.pfns(pagemap.read("self", addr, len(arr)))
     ledger = Ledger(OwnerMap())
     asked = []
-    live = {(0xbeef, 5): (me, addr, len(arr)), (0xcafe, 6): (me, addr, len(arr))}
+    live = {(0xbeef, 5): Live(me, addr, len(arr)), (0xcafe, 6): Live(me, addr, len(arr))}
     ledger.watch(live, lambda umem, ts: umem == 0xbeef, kernel_mrs=asked.append)
     assert set(ledger.early) == {(0xbeef, 5)}  # 0xcafe was released while being read
     assert asked == []  # this process's MRs come from its registry, not the kernel's list
@@ -139,6 +139,44 @@ def test_ledger_reads_a_live_registrations_pages_before_its_event_arrives():
     late = ledger.got(tid=2, pid=me, comm="me", addr=addr, size=len(arr), umem=0xbeef,
                       ret=0, ts_ns=7)  # another registration at a reused umem address
     assert late.pages == 0
+    del arr
+    buf.close()
+
+
+def test_ledger_takes_mr_keys_from_the_kernel_probe_in_either_order():
+    """bpf/mrkeys.c's keys reach the owner through the live map (watch, before the events)
+    and through RP_MR_KEYS (keyed), whichever comes first, and beat a netlink match."""
+    if not _pfns_visible():
+        pytest.skip("pagemap PFNs need CAP_SYS_ADMIN")
+    buf = mmap.mmap(-1, 2 * PAGE)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    arr[::PAGE] = 1
+    addr, me, n = arr.ctypes.data, os.getpid(), len(arr)
+    keys = Keys(lkey=0x1234, rkey=0x1234, device="rxe0")
+    asked: list[int] = []
+
+    # watch reads the pages before restrack_add ran, then sees the keys the probe wrote
+    ledger = Ledger(OwnerMap())
+    ledger.watch({(0xa, 1): Live(me, addr, n)}, lambda u, t: True, kernel_mrs=None)
+    assert ledger.early[(0xa, 1)].lkey is None
+    ledger.watch({(0xa, 1): Live(me, addr, n, keys)}, lambda u, t: True, kernel_mrs=None)
+    o = ledger.got(tid=1, pid=me, comm="me", addr=addr, size=n, umem=0xa, ret=0, ts_ns=1)
+    assert (o.lkey, o.rkey, o.device, o.keys_from) == (0x1234, 0x1234, "rxe0", "restrack_add")
+    assert o.pages == 2 and asked == []
+
+    # the event path alone (watch never saw it): keys after the registration's event ...
+    ledger = Ledger(OwnerMap())
+    o = ledger.got(tid=1, pid=me, comm="me", addr=addr, size=n, umem=0xb, ret=0, ts_ns=2)
+    o.set_keys(0x999, "rxe0", "netlink")  # a netlink match of the same pid and length
+    assert ledger.keyed(0xb, 2, keys) is o
+    assert (o.lkey, o.keys_from) == (0x1234, "restrack_add")
+    assert ledger.keyed(0xb, 3, keys) is None  # another registration at that umem address
+    # ... or before it (per-CPU perf buffers read out of order)
+    ledger.release(0xb)
+    assert ledger.keyed(0xc, 4, Keys(0x77, 0x78, "rxe1")) is None
+    o = ledger.got(tid=1, pid=me, comm="me", addr=addr, size=n, umem=0xc, ret=0, ts_ns=4)
+    assert (o.lkey, o.rkey, o.device, o.keys_from) == (0x77, 0x78, "rxe1", "restrack_add")
+    assert (0xc, 4) not in ledger.early_keys
     del arr
     buf.close()
 

@@ -105,6 +105,12 @@ CASES: dict[Kind, tuple[dict[str, Any], dict[str, Any]]] = {
         {"reason": "", "pfn": 0x12340, "pfn_end": 0x12344,
          "detail": {"ino": 12, "index": 3, "dev": 0x10300001, "nr_pages": 4,
                     "refcount": 1026}}),
+    Kind.MR_KEYS: (
+        {"umem": 0xffff888012345000, "get_ts": T0 + 1000, "length": 1 << 21, "lkey": 0x1fa,
+         "rkey": 0x1fa, "device": b"rxe0"},
+        {"reason": "", "pfn": None, "pfn_end": None,
+         "detail": {"umem": 0xffff888012345000, "umem_get_ts": T0 + 1000, "lkey": 0x1fa,
+                    "rkey": 0x1fa, "length": 1 << 21, "device": "rxe0"}}),
 }
 
 

@@ -33,8 +33,8 @@ def test_kinds_are_the_headers_enum_in_order():
         "MIGRATE", "FOLIO_FAIL", "COMPACT_BEGIN", "COMPACT_END", "ISOLATE_MIGRATE",
         "ISOLATE_FREE", "COMPACT_MIGRATE", "COMPACT_FINISHED", "COMPACT_DEFERRED",
         "ISOLATION_TEST", "COLLAPSE", "UMEM_BEGIN", "UMEM_GET", "UMEM_RELEASE", "PIN_LONGTERM",
-        "FILEMAP_DELETE"]
-    assert [int(k) for k in Kind] == list(range(1, 17))
+        "FILEMAP_DELETE", "MR_KEYS"]
+    assert [int(k) for k in Kind] == list(range(1, 18))
     assert Kind.FOLIO_FAIL == 2 and Kind(13) is Kind.UMEM_GET
     assert set(EVENT_NAMES) == set(Kind)
 
@@ -86,6 +86,9 @@ def test_every_kind_has_one_member_and_the_probes_write_that_members_fields():
             assert member in allowed, (name, kinds, member)
             assert fld in members[member].field_names, (name, member, fld)
         for member, fld in re.findall(r"\bev\.(\w+)\.(\w+)\s*=[^=]", body):
+            written[member].add(fld)
+        # an array filled by a call: the destination is its first argument
+        for member, fld in re.findall(r"\w\(\s*&?ev\.(\w+)\.(\w+)\s*,", body):
             written[member].add(fld)
     assert started == {k.name for k in Kind}
     for m in LAYOUT.members:

@@ -55,10 +55,14 @@ def test_every_probe_compiles_and_kprobe_programs_pass_the_verifier(monkeypatch)
         "RP_PAGE_MAPCOUNT_OFF": "48", "RP_PG_HEAD": "6",
         "RP_FOLIO_ORDER_OFF": "64", "RP_FOLIO_ORDER_MASK": "0xff",
         "RP_FOLIO_PINCOUNT_OFF": "92", "RP_VMEMMAP_START": "0xffffea0000000000UL",
-        "RP_FOLL_LONGTERM": "0x10000"},
-        available={name: name for name in ("folio_fail", "umem", "pin_fast")})
+        "RP_FOLL_LONGTERM": "0x10000",
+        # struct ib_mr, ib_device, rdma_restrack_entry as 6.1's BTF lays them out
+        "RP_MR_RES_OFF": "88", "RP_MR_LKEY_OFF": "16", "RP_MR_RKEY_OFF": "20",
+        "RP_MR_LENGTH_OFF": "32", "RP_MR_DEVICE_OFF": "0", "RP_IBDEV_NAME_OFF": "1048",
+        "RP_RES_TYPE_OFF": "56", "RP_RESTRACK_MR": "4"},
+        available={name: name for name in ("folio_fail", "umem", "pin_fast", "mr_keys")})
     files = loader.select_files(feat)
-    assert "pins.c" in files
+    assert "pins.c" in files and "mrkeys.c" in files
     for k, v in feat.header_env.items():
         monkeypatch.setenv(k, v)
     b = BPF(text=loader.source(files).encode(), cflags=loader.cflags(feat, feat.ringbuf))

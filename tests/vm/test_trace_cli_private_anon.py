@@ -5,7 +5,10 @@ reported once, attributed to the MR's lkey and this pid, and the counts are the 
 Then, like the demo's second MR, a short-lived 8 MiB one fails to move, is closed, and its
 pages move: it is named too, though the tracer reads its events long after it is gone (its
 output is read only at the end, as a slow terminal would: a TCG guest's tracer is tens of
-seconds behind the first MR's failures even when writing to a file).
+seconds behind the first MR's failures even when writing to a file). Both MRs' keys are the
+ones the kernel's struct ib_mr held when the RDMA core added it (bpf/mrkeys.c), not a later
+match in the kernel's MR list: that answered too late for the short-lived one (lkey None in
+some runs, the tracer being another process than the registrar).
 
 Why private anonymous memory: a long-term-pinned private anonymous page is anon-exclusive and
 maybe DMA-pinned, so try_to_migrate_one() will not unmap it (page_try_share_anon_rmap():
@@ -107,12 +110,16 @@ def test_cli_reports_each_pinned_private_anon_page_once_with_its_mr_and_kernel_c
         for x in ours:
             (o,) = x["owners"]
             assert (o["pid"], o["lkey"], o["device"]) == (me, key, "rxe0"), x
+            assert o["keys_from"] == "restrack_add", x
             assert f"lkey={key:#x}" in o["label"]
             assert (o["addr"], o["length"]) == (addr, size)
             assert x["reason"] == "syscall_or_cpuset"
             assert x["detail"]["stage"] == "unmap" and x["detail"]["errno"] == "EAGAIN", x
             assert x["detail"]["pincount"] >= 1 and x["detail"]["mapcount"] == 1, x
     assert totals["folio_failures"] == len(fails) == NPAGES + NPAGES2
+    keyed = [x for x in lines if x.get("event") == "mr_keys" and x["pid"] == me]
+    assert [(x["detail"]["lkey"], x["detail"]["device"], x["detail"]["length"])
+            for x in keyed] == [(lkey, "rxe0", SIZE), (lkey2, "rxe0", SIZE2)]
     assert totals["folio_retries"] == (ATTEMPTS - 1) * (NPAGES + NPAGES2)
 
     # the migrate calls of this pid: the failed ones are the MRs' (they were "unowned")
