@@ -15,6 +15,24 @@
 
 static __thread int rdmapin_saved_errno;
 
+/* Fork generation: bumped in every fork child. A PD or MR remembers the generation that made
+ * it; in a child (another generation) destroying it would be wrong, because the child shares
+ * the parent's uverbs file: its ibv_dereg_mr or ibv_dealloc_pd destroys the parent's object
+ * (tests/vm/test_fork.py, before this: a child closing, or just collecting, what it inherited
+ * failed the test and the parent then died of SIGSEGV). So in a child those closes only
+ * forget the object. A child's own PDs and MRs are its generation: closed for real. */
+static unsigned int fork_gen;
+
+static void fork_gen_child(void)
+{
+	fork_gen++;
+}
+
+__attribute__((constructor)) static void fork_gen_init(void)
+{
+	pthread_atfork(NULL, NULL, fork_gen_child);
+}
+
 /* Save errno of the call that just failed; always returns NULL for the caller to return. */
 static void *fail_null(int err)
 {
@@ -29,7 +47,7 @@ int rdmapin_errno(void)
 
 int rdmapin_verbs_api_version(void)
 {
-	return 3;
+	return 4;
 }
 
 int rdmapin_list_devices(struct rdmapin_device_info *out, int max)
@@ -242,7 +260,13 @@ struct rdmapin_pd *rdmapin_pd_wrap(struct ibv_pd *pd)
 	if (!p)
 		return fail_null(ENOMEM);
 	p->pd = pd;
+	p->gen = fork_gen;
 	return p;
+}
+
+int rdmapin_pd_dealloc(struct rdmapin_pd *p)
+{
+	return p->gen == fork_gen ? rdmapin_dealloc_pd(p->pd) : 0;
 }
 
 void rdmapin_pd_free(struct rdmapin_pd *p)
@@ -267,7 +291,7 @@ int rdmapin_pd_close_mrs(struct rdmapin_pd *p)
 		next = m->next;
 		if (!m->mr)
 			continue;
-		rc = ibv_dereg_mr(m->mr);
+		rc = m->gen == fork_gen ? ibv_dereg_mr(m->mr) : 0;
 		if (rc) {
 			if (!err)
 				err = -rc;
@@ -331,6 +355,7 @@ static struct rdmapin_mr *wrap_mr(struct rdmapin_pd *p, struct ibv_mr *mr, int a
 	if (m) {
 		m->mr = mr;
 		m->access = access;
+		m->gen = fork_gen;
 		fill_mr(m);
 	}
 	pthread_mutex_lock(&mr_lock);
@@ -403,7 +428,7 @@ int rdmapin_dereg_mr(struct rdmapin_mr *m)
 	if (p)
 		p->inflight++;  /* the PD's close waits for this one */
 	pthread_mutex_unlock(&mr_lock);
-	rc = ibv_dereg_mr(mr);
+	rc = m->gen == fork_gen ? ibv_dereg_mr(mr) : 0;  /* a fork child forgets the parent's */
 	pthread_mutex_lock(&mr_lock);
 	m->busy = 0;
 	if (!rc) {
@@ -419,7 +444,7 @@ int rdmapin_dereg_mr(struct rdmapin_mr *m)
 void rdmapin_mr_free(struct rdmapin_mr *m)
 {
 	pthread_mutex_lock(&mr_lock);
-	if (m->mr && ibv_dereg_mr(m->mr)) {
+	if (m->mr && m->gen == fork_gen && ibv_dereg_mr(m->mr)) {
 		m->orphan = 1;  /* still registered: stays listed, its PD's close frees it */
 		pthread_mutex_unlock(&mr_lock);
 		return;

@@ -29,6 +29,7 @@ struct rdmapin_pd {
 	int count;                  /* MRs on the list */
 	int inflight;               /* registrations and closes running outside the lock */
 	struct rdmapin_mr *first;
+	unsigned int gen;           /* the fork generation that wrapped it (see shim.c) */
 };
 
 /* One registration as Python sees it: the keys and range as plain integers, read straight
@@ -48,6 +49,7 @@ struct rdmapin_mr {
 	struct rdmapin_mr *next;
 	int busy;                   /* a close is deregistering it outside the lock */
 	int orphan;                 /* Python dropped it but ibv_dereg_mr failed: PD close frees */
+	unsigned int gen;           /* the fork generation that registered it (see shim.c) */
 };
 
 /* What the registry copies out of a PD's list. */
@@ -66,7 +68,8 @@ int rdmapin_errno(void);
 /* The version of the declarations in this file; rdmapin/_lib.py's API_VERSION must equal it
  * (bump both when a declaration changes), so a stale build is refused at import. 2: the
  * unused rdmapin_device_count and rdmapin_device_name are gone, rdmapin_pd_reopen is new;
- * 3: rdmapin_reg_many and the registration cache (regcache.h). */
+ * 3: rdmapin_reg_many and the registration cache (regcache.h); 4: rdmapin_pd_dealloc
+ * (dealloc by the wrapper, so a fork child leaves the parent's PD alone), the gen fields. */
 int rdmapin_verbs_api_version(void);
 
 /* Device list: names and GUIDs copied out, so Python holds no pointer into the list. */
@@ -137,6 +140,10 @@ uint32_t rdmapin_pd_handle(struct ibv_pd *pd);
  * destructor: it forgets (never deregisters) MRs still listed and frees the wrapper. */
 struct rdmapin_pd *rdmapin_pd_wrap(struct ibv_pd *pd);
 void rdmapin_pd_free(struct rdmapin_pd *p);
+/* ibv_dealloc_pd of p's PD: 0 or -errno. In a fork child of the process that wrapped p, 0
+ * without the call: the PD is the parent's (the uverbs file is shared across fork, so the
+ * child's destroy would destroy it for the parent). */
+int rdmapin_pd_dealloc(struct rdmapin_pd *p);
 /* Refuse new MRs, wait for registrations and closes in flight, then deregister every MR
  * still on p: 0, or the first -errno (those MRs stay listed; a second call retries them).
  * After it, ibv_dealloc_pd meets no MR of rdmapin's. */

@@ -15,7 +15,7 @@ from rdmapin.errors import DeviceError, NoDeviceError, RdmapinOSError, Unsupport
 
 # The C shim's interface version (csrc/shim.c's rdmapin_verbs_api_version): bump both together
 # whenever a declaration in csrc/shim.h changes, so a stale build is caught at import.
-API_VERSION = 3
+API_VERSION = 4
 _REBUILD = ("rebuild it: pip install --force-reinstall rdmapin (in a checkout: "
             "pip install -e . or make venv; needs gcc and libibverbs-dev)")
 
@@ -150,7 +150,7 @@ def wrap_pd(pd):
 
 
 def dealloc_pd(p) -> None:
-    _check(lib.rdmapin_dealloc_pd(p.pd), "ibv_dealloc_pd")
+    _check(lib.rdmapin_pd_dealloc(p), "ibv_dealloc_pd")
 
 
 def close_mrs(p) -> int:
