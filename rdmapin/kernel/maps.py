@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from rdmapin.errors import RdmapinOSError
 from rdmapin.kernel.arch import PAGE_SIZE
-from rdmapin.kernel.textfile import lines
+from rdmapin.kernel.textfile import lines, read_proc
 
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
 
@@ -81,26 +80,13 @@ def read(pid: int | str = "self", detail: bool = True) -> list[Vma]:
     """VMAs of ``pid``: from smaps (``detail``) or from maps, which skips smaps' walk of
     every page table and so costs nothing per page."""
     path = f"/proc/{pid}/{'smaps' if detail else 'maps'}"
-    try:
-        # A path is the file's name, any bytes (show_map_vma escapes only a newline, as
-        # \012): undecodable ones kept for rdmapin.kernel.printable.escape, and no newline
-        # translation (newline=""): a \r in a name is not a line end.
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            return parse(f.read(), path)
-    except OSError as e:
-        raise RdmapinOSError(e.errno or 0, f"read {path}",
-                             hint="is the pid alive? another user's process needs root") from e
+    # A path is the file's name, any bytes (show_map_vma escapes only a newline, as \012).
+    return parse(read_proc(path), path)
 
 
 def count(pid: int | str = "self") -> int:
     """How many VMAs ``pid`` has (one line of /proc/PID/maps each), against vm.max_map_count."""
-    path = f"/proc/{pid}/maps"
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except OSError as e:
-        raise RdmapinOSError(e.errno or 0, f"read {path}",
-                             hint="is the pid alive? another user's process needs root") from e
+    return read_proc(f"/proc/{pid}/maps").count("\n")
 
 
 def covering(pid: int | str, addr: int, length: int, detail: bool = True) -> list[Vma]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rdmapin.errors import RdmapinOSError
-from rdmapin.kernel.textfile import lines
+from rdmapin.kernel.textfile import lines, read_proc
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
@@ -64,12 +63,7 @@ def parse(text: str, path: str = "/proc/self/mountinfo") -> list[Mount]:
 
 def read(pid: int | str = "self") -> list[Mount]:
     path = f"/proc/{pid}/mountinfo"
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            return parse(f.read(), path)
-    except OSError as e:
-        raise RdmapinOSError(e.errno or 0, f"read {path}",
-                             hint="is the pid alive? another user's process needs root") from e
+    return parse(read_proc(path), path)
 
 
 def holding(path: str, dev: tuple[int, int], mounts: list[Mount] | None = None,

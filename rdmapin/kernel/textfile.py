@@ -13,9 +13,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from types import TracebackType
 
-from rdmapin.errors import KernelFormatError
+from rdmapin.errors import KernelFormatError, RdmapinOSError
 
 _PARSE_ERRORS = (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError)
+
+
+def read_proc(path: str) -> str:
+    """A /proc/PID file whole, its names kept as the kernel wrote them: any bytes (those not
+    UTF-8 kept by surrogateescape for rdmapin.kernel.printable.escape) and no newline
+    translation (a \r in a file name is not a line end). RdmapinOSError when it cannot."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            return f.read()
+    except OSError as e:
+        raise RdmapinOSError(e.errno or 0, f"read {path}",
+                             hint="is the pid alive? another user's process needs root") from e
 
 
 class lines:  # lower case: used like open()
