@@ -4,7 +4,7 @@ The kernel keeps no "pinned" page flag userspace can read (/proc/kpageflags has 
 decides with page_maybe_dma_pinned(): a small folio counts each FOLL_PIN as
 GUP_PIN_COUNTING_BIAS (1024) references in ``_refcount``; a large folio keeps a separate
 ``_pincount``. This reads those two fields straight from the struct page array (vmemmap),
-in runs of contiguous PFNs, with offsets from BTF. Root only; kernels without
+in spans of nearby PFNs, with offsets from BTF. Root only; kernels without
 CONFIG_PROC_KCORE cannot answer and say so. Mirrors include/linux/mm.h
 (``folio_maybe_dma_pinned``) and fs/proc/kcore.c's ELF view of the direct map and vmemmap;
 checked on 6.1 and 6.12 in the guests (the folio's ``_pincount`` offset differs: 88 vs 92).
@@ -64,6 +64,43 @@ class Kcore:
         raise OSError(f"kernel address {vaddr:#x}+{size} is not in /proc/kcore")
 
 
+# PFNs this close (in pages) share one read of the struct page array: a process's scattered
+# pages cost a few reads of 64 pages' descriptors (4 KiB) each instead of one per page; the
+# descriptors read in between are dropped.
+GAP_PAGES = 64
+
+
+class _StructPages:
+    """The struct pages of sorted PFNs ``sp``, read in few preads of /proc/kcore; ``field``
+    gathers one member of every one of them."""
+
+    def __init__(self, k: Kcore, vmemmap: int, sp: np.ndarray, psize: int) -> None:
+        breaks = np.flatnonzero(np.diff(sp.astype(np.int64)) > GAP_PAGES) + 1
+        self.base = np.empty(len(sp), dtype=np.int64)  # each PFN's descriptor, in bytes read
+        bufs: list[bytes] = []
+        at = 0
+        for c in np.split(np.arange(len(sp)), breaks):
+            lo, hi = int(sp[c[0]]), int(sp[c[-1]])
+            try:
+                bufs.append(k.read(vmemmap + lo * psize, (hi - lo + 1) * psize))
+            except OSError:  # the span crosses kcore segments: the pages one by one
+                for i in c.tolist():
+                    bufs.append(k.read(vmemmap + int(sp[i]) * psize, psize))
+                    self.base[i] = at
+                    at += psize
+                continue
+            self.base[c] = at + (sp[c].astype(np.int64) - lo) * psize
+            at += (hi - lo + 1) * psize
+        raw = np.frombuffer(b"".join(bufs), dtype=np.uint8).reshape(-1, psize)
+        rows = self.base // psize
+        # descriptors read in between dropped (a copy only when there were some)
+        self.rows = raw if np.array_equal(rows, np.arange(len(raw))) else raw[rows]
+
+    def field(self, offset: int, dtype: type) -> np.ndarray:
+        width = np.dtype(dtype).itemsize
+        return self.rows[:, offset:offset + width].copy().view(dtype)[:, 0]
+
+
 def unavailable() -> str | None:
     """None when pin counts can be read here, else why not."""
     if not os.path.exists(KCORE):
@@ -108,20 +145,12 @@ def pinned(pfns: np.ndarray, compound: np.ndarray | None = None) -> np.ndarray:
             return out
         order = np.argsort(pfns, kind="stable")
         sp = pfns[order]
-        breaks = np.flatnonzero(np.diff(sp.astype(np.int64)) != 1) + 1
-        starts = np.concatenate(([0], breaks))
-        ends = np.concatenate((breaks, [len(sp)]))
-        refs = np.zeros(len(sp), dtype=np.int32)
-        maps = np.zeros(len(sp), dtype=np.int32)
-        heads = np.zeros(len(sp), dtype=np.uint64)
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            raw = k.read(vmemmap + int(sp[s]) * psize, (e - s) * psize)
-            arr = np.frombuffer(raw, dtype=np.uint8).reshape(e - s, psize)
-            refs[s:e] = arr[:, ref_off:ref_off + 4].copy().view(np.int32)[:, 0]
-            if map_off is not None:
-                maps[s:e] = arr[:, map_off:map_off + 4].copy().view(np.int32)[:, 0] + 1
-            if head_off is not None:
-                heads[s:e] = arr[:, head_off:head_off + 8].copy().view(np.uint64)[:, 0]
+        pages = _StructPages(k, vmemmap, sp, psize)
+        refs = pages.field(ref_off, np.int32)
+        maps = (pages.field(map_off, np.int32) + 1 if map_off is not None
+                else np.zeros(len(sp), dtype=np.int32))
+        heads = (pages.field(head_off, np.uint64) if head_off is not None
+                 else np.zeros(len(sp), dtype=np.uint64))
         # References beyond the mappings: a libc page mapped by 2000 processes is not pinned
         # (page_maybe_dma_pinned's known false positive); an MR's page is, by 1024 per pin.
         small = (refs - np.maximum(maps, 0)) >= GUP_PIN_COUNTING_BIAS
