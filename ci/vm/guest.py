@@ -88,11 +88,15 @@ class GuestConfig:
             qemu += ["-m", f"{self.memory_mib}M,slots={slots},maxmem={maxmem}M"]
         if self.pmem_mib:
             # An NVDIMM whose label area (>= 128 KiB) lets ndctl carve namespaces; a memfd
-            # backs it (shared, nothing left on disk), so every boot starts blank.
+            # backs it (shared, nothing left on disk), so every boot starts blank. It sits on
+            # the last node, which has no CPU: a devdax namespace onlined as kernel memory
+            # (daxctl system-ram) then gets no kernel allocations of the CPUs' node, which
+            # would keep its blocks from ever going offline (tests/vm/test_dax_system_ram.py).
+            pmem_node = self.nodes - 1 if not self.dimm_mib else 0
             qemu += [
                 "-machine", "nvdimm=on",
                 "-object", f"memory-backend-memfd,id=pmem0,size={self.pmem_mib}M,share=on",
-                "-device", "nvdimm,id=nvdimm0,memdev=pmem0,label-size=128K",
+                "-device", f"nvdimm,id=nvdimm0,memdev=pmem0,label-size=128K,node={pmem_node}",
             ]
         if not interactive:
             # A second console on virtio (hvc0) captures the kernel log into a file, so a
