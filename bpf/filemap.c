@@ -4,16 +4,13 @@
  *         order since 6.2+, absent on 6.1), fired by __filemap_remove_folio for each folio a
  *         mapping drops. Every deleted page is counted (RPC_FILEMAP_DELETES); an event, and
  *         RPC_FILEMAP_PINNED_DELETES, only for a folio that may be DMA-pinned as
- *         folio_maybe_dma_pinned() decides (include/linux/mm.h): _pincount > 0 for a large
- *         folio, _refcount >= GUP_PIN_COUNTING_BIAS for a small one. Without the struct page
+ *         folio_maybe_dma_pinned() decides (rp_maybe_dma_pinned). Without the struct page
  *         layout (BTF) every deletion is an event (refcount 0); the user side attributes by PFN.
  * -D parameters: HAVE_FILEMAP_ORDER (the tracepoint has order), and the struct page layout
  *   of bpf/migrate.c (RP_STRUCT_PAGE_SIZE, RP_PAGE_REFCOUNT_OFF, RP_PG_HEAD,
  *   RP_FOLIO_PINCOUNT_OFF, RP_VMEMMAP_BASE_PTR or RP_VMEMMAP_START).
  */
 #include "rdmapin_events.h"
-
-#define RP_FM_PIN_BIAS 1024	/* GUP_PIN_COUNTING_BIAS, include/linux/mm.h */
 
 TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
 {
@@ -29,22 +26,9 @@ TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
 	{
 		u64 page = rp_vmemmap() + args->pfn * RP_STRUCT_PAGE_SIZE;
 		u64 flags = 0;
-		int pinned;
 
 		bpf_probe_read_kernel(&flags, sizeof(flags), (void *)page);
-		bpf_probe_read_kernel(&refcount, sizeof(refcount),
-				      (void *)(page + RP_PAGE_REFCOUNT_OFF));
-		pinned = refcount >= RP_FM_PIN_BIAS;
-#ifdef RP_FOLIO_PINCOUNT_OFF
-		if (flags & (1UL << RP_PG_HEAD)) {
-			s32 pincount = 0;
-
-			bpf_probe_read_kernel(&pincount, sizeof(pincount),
-					      (void *)(page + RP_FOLIO_PINCOUNT_OFF));
-			pinned = pincount > 0;
-		}
-#endif
-		if (!pinned)
+		if (!rp_maybe_dma_pinned(page, flags, &refcount))
 			return 0;
 	}
 #endif

@@ -31,8 +31,6 @@
 #include "rdmapin_events.h"
 #include <linux/migrate_mode.h>	/* enum migrate_mode in the tracepoint's struct */
 
-#define RP_GUP_PIN_COUNTING_BIAS 1024	/* include/linux/mm.h: small folios count pins in _refcount */
-
 struct rp_migrate_call {
 	u64 ts_ns;
 	s32 reason;

@@ -50,6 +50,8 @@ enum rp_kind {
 	RP_PIN_LONGTERM,	/* pin_user_pages*(FOLL_LONGTERM) outside ib_umem_get; ret=-errno */
 	RP_FILEMAP_DELETE,	/* filemap:mm_filemap_delete_from_page_cache of a maybe-pinned
 				 * folio (truncate, hole punch, invalidate, reclaim) */
+	RP_FILEMAP_WRITEBACK,	/* __folio_start_writeback of a maybe-pinned folio of a file
+				 * (bpf/writeback.c): written back while a device may write it */
 	RP_MR_KEYS,		/* rdma_restrack_add of the MR over an ib_umem_get this thread
 				 * made (bpf/mrkeys.c): its keys and device */
 };
@@ -178,7 +180,7 @@ struct rp_event {
 		struct rp_collapse collapse;		/* RP_COLLAPSE */
 		struct rp_umem umem;	/* RP_UMEM_BEGIN, RP_UMEM_GET, RP_UMEM_RELEASE */
 		struct rp_pin pin;			/* RP_PIN_LONGTERM */
-		struct rp_filemap filemap;		/* RP_FILEMAP_DELETE */
+		struct rp_filemap filemap;	/* RP_FILEMAP_DELETE, RP_FILEMAP_WRITEBACK */
 		struct rp_mr_keys mr;			/* RP_MR_KEYS */
 	};
 };
@@ -214,6 +216,8 @@ enum rp_counter {
 	RPC_LONGTERM_PINS,
 	RPC_FILEMAP_DELETES,		/* pages deleted from any page cache */
 	RPC_FILEMAP_PINNED_DELETES,	/* of them, pages of maybe-pinned folios (events) */
+	RPC_WRITEBACK_PAGES,		/* pages whose writeback started (any file, swap) */
+	RPC_WRITEBACK_PINNED,		/* of them, pages of maybe-pinned file folios (events) */
 	RPC_LOST_EVENTS,		/* events the buffer refused: reported, never silent */
 	RPC_NR,
 };
@@ -258,6 +262,9 @@ static __always_inline void rp_emit(void *ctx, struct rp_event *ev)
 #endif
 }
 
+/* include/linux/mm.h: small folios count pins in _refcount, this much each */
+#define RP_GUP_PIN_COUNTING_BIAS 1024
+
 #ifdef RP_STRUCT_PAGE_SIZE
 /* struct page array's start (rdmapin.trace.features._folio_layout: RP_VMEMMAP_BASE_PTR, the
  * address of vmemmap_base under KASLR, or RP_VMEMMAP_START): PFN <-> struct page *. */
@@ -271,6 +278,24 @@ static __always_inline u64 rp_vmemmap(void)
 #else
 	return RP_VMEMMAP_START;
 #endif
+}
+
+/* folio_maybe_dma_pinned() (include/linux/mm.h) of the struct page at ``page`` whose flags
+ * word is ``flags``: _pincount > 0 for a large folio (where the layout has it), _refcount >=
+ * GUP_PIN_COUNTING_BIAS for a small one. ``*refcount`` gets the _refcount read. */
+static __always_inline int rp_maybe_dma_pinned(u64 page, u64 flags, s32 *refcount)
+{
+	bpf_probe_read_kernel(refcount, sizeof(*refcount), (void *)(page + RP_PAGE_REFCOUNT_OFF));
+#ifdef RP_FOLIO_PINCOUNT_OFF
+	if (flags & (1UL << RP_PG_HEAD)) {
+		s32 pincount = 0;
+
+		bpf_probe_read_kernel(&pincount, sizeof(pincount),
+				      (void *)(page + RP_FOLIO_PINCOUNT_OFF));
+		return pincount > 0;
+	}
+#endif
+	return *refcount >= RP_GUP_PIN_COUNTING_BIAS;
 }
 #endif /* RP_STRUCT_PAGE_SIZE */
 #endif /* RP_USER_SIDE */

@@ -87,7 +87,7 @@ def interesting(ev: Event) -> bool:
         return ev.reason != "continue"
     if ev.kind == Kind.ISOLATION_TEST:
         return ev.detail.get("busy", False)
-    if ev.kind == Kind.FILEMAP_DELETE:  # owned, or maybe-pinned by the folio's counts
+    if ev.kind in (Kind.FILEMAP_DELETE, Kind.FILEMAP_WRITEBACK):  # owned, or maybe-pinned
         return bool(ev.owners) or ev.detail["refcount"] > 0
     return True
 

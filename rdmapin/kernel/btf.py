@@ -1,8 +1,9 @@
 """Just enough of the kernel's BTF (/sys/kernel/btf/vmlinux) to find struct member offsets and
-enum values by name: the struct page / folio layout the folio-failure probes read, the
-PG_head bit, FOLL_LONGTERM, TTU_SPLIT_HUGE_PMD. Layouts move between kernels (6.1 keeps
-``_folio_order`` as a byte of struct folio; later kernels fold the order into ``_flags_1``),
-so they are looked up, never assumed.
+enum values by name: the struct page / folio layout the folio-failure probes read, the file
+a folio belongs to (mapping, inode, super block), the PG_head and PG_writeback bits,
+FOLL_LONGTERM, TTU_SPLIT_HUGE_PMD. Layouts move between kernels (6.1 keeps ``_folio_order``
+as a byte of struct folio; later kernels fold the order into ``_flags_1``), so they are
+looked up, never assumed.
 
 A module's BTF (/sys/kernel/btf/MODULE, CONFIG_DEBUG_INFO_BTF_MODULES) is split BTF on top
 of vmlinux's: its type ids continue after vmlinux's last and its string offsets after
@@ -31,9 +32,11 @@ _MODIFIERS = (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG)
 _TAIL = {_INT: 4, _VAR: 4, _DECL_TAG: 4, _ARRAY: 12}       # fixed trailing bytes
 _PER_MEMBER = {_STRUCT: 12, _UNION: 12, _ENUM: 8, _FUNC_PROTO: 8, _DATASEC: 12, _ENUM64: 12}
 
-STRUCTS = ("page", "folio")
+# struct page/folio for the folio probes; address_space, inode and super_block for the file
+# a folio belongs to (bpf/writeback.c: folio->mapping->host's i_ino and i_sb->s_dev)
+STRUCTS = ("page", "folio", "address_space", "inode", "super_block")
 FUNCS = ("move_to_new_folio", "try_to_migrate_one")
-ENUMS = ("PG_head", "FOLL_LONGTERM", "TTU_SPLIT_HUGE_PMD")
+ENUMS = ("PG_head", "PG_writeback", "FOLL_LONGTERM", "TTU_SPLIT_HUGE_PMD")
 
 
 class Btf:

@@ -127,7 +127,7 @@ def _pin_longterm(f: Any, r: Any, names: Names) -> Decoded:
                     "gup_flags": f.gup_flags}, reason=errname(r.ret))
 
 
-def _filemap_delete(f: Any, r: Any, names: Names) -> Decoded:
+def _filemap(f: Any, r: Any, names: Names) -> Decoded:
     return Decoded({"ino": f.ino, "index": f.index, "dev": f.dev, "nr_pages": f.nr_pages,
                     "refcount": f.refcount},
                    pfn=f.pfn, pfn_end=f.pfn + f.nr_pages if f.nr_pages > 1 else None)
@@ -150,7 +150,8 @@ DECODERS: dict[Kind, Callable[[Any, Any, Names], Decoded]] = {
     Kind.UMEM_GET: _umem_get,
     Kind.UMEM_RELEASE: _umem_release,
     Kind.PIN_LONGTERM: _pin_longterm,
-    Kind.FILEMAP_DELETE: _filemap_delete,
+    Kind.FILEMAP_DELETE: _filemap,
+    Kind.FILEMAP_WRITEBACK: _filemap,
     Kind.MR_KEYS: _mr_keys,
 }
 

@@ -33,7 +33,7 @@ EVENT_NAMES = {
     Kind.ISOLATION_TEST: "isolate_test", Kind.COLLAPSE: "collapse_fail",
     Kind.UMEM_BEGIN: "umem_begin", Kind.UMEM_GET: "umem_get", Kind.UMEM_RELEASE: "umem_release",
     Kind.PIN_LONGTERM: "pin_longterm", Kind.FILEMAP_DELETE: "pagecache_delete",
-    Kind.MR_KEYS: "mr_keys",
+    Kind.FILEMAP_WRITEBACK: "pagecache_writeback", Kind.MR_KEYS: "mr_keys",
 }
 
 

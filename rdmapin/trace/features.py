@@ -67,6 +67,8 @@ KPROBES = (
      (("rp_pin_fast", False), ("rp_pin_ret", True))),
     ("pin_remote", "pin_user_pages_remote", "HAVE_PIN_REMOTE",
      (("rp_pin_remote", False), ("rp_pin_ret", True))),
+    ("writeback", "__folio_start_writeback", "HAVE_WRITEBACK",
+     (("rp_folio_start_writeback", False),)),
 )
 # The MR's keys at registration (bpf/mrkeys.c): read from the struct ib_mr the RDMA core adds
 # to its resource tracking, laid out as ib_core's BTF says (split over vmlinux's).
@@ -274,6 +276,28 @@ def _folio_layout(feat: _Draft) -> str | None:
     return None
 
 
+def _file_layout(feat: _Draft) -> str | None:
+    """-D values for naming the file of a folio (bpf/writeback.c: folio->mapping->host's
+    i_ino and i_sb->s_dev, folio->index) and its PG_writeback bit; returns why not, or None."""
+    b = _btf.vmlinux()
+    if b is None:
+        return "no BTF for struct folio"
+    values = {
+        "RP_PG_WRITEBACK": b.enums.get("PG_writeback"),
+        "RP_FOLIO_MAPPING_OFF": b.offsetof("folio", "mapping"),
+        "RP_FOLIO_INDEX_OFF": b.offsetof("folio", "index"),
+        "RP_MAPPING_HOST_OFF": b.offsetof("address_space", "host"),
+        "RP_INODE_INO_OFF": b.offsetof("inode", "i_ino"),
+        "RP_INODE_SB_OFF": b.offsetof("inode", "i_sb"),
+        "RP_SB_DEV_OFF": b.offsetof("super_block", "s_dev"),
+    }
+    if None in values.values():
+        lacking = ", ".join(k for k, v in values.items() if v is None)
+        return f"folio/inode layout not in BTF ({lacking})"
+    feat.defines.update({k: str(v) for k, v in values.items()})
+    return None
+
+
 def _mr_layout(feat: _Draft) -> str | None:
     """-D values for reading the struct ib_mr around a restrack entry; returns why not, or
     None. Without them the tracer asks the kernel's MR list for keys (netlink), which a
@@ -355,8 +379,16 @@ def probe() -> Features:
             feat.available[name] = func
             feat.defines[define] = None
     folio_probes = [n for n in FOLIO_PROBES if n in feat.available]
-    # bpf/filemap.c reads the same layout to keep only maybe-pinned folios (else: all)
-    why = _folio_layout(feat) if folio_probes or feat.has("filemap") else None
+    # bpf/filemap.c reads the same layout to keep only maybe-pinned folios (else: all);
+    # bpf/writeback.c needs it, and the file's, to find the folio's PFN and file
+    why = (_folio_layout(feat) if folio_probes or feat.has("filemap") or feat.has("writeback")
+           else None)
+    if feat.has("writeback"):
+        wb_why = why or _file_layout(feat)
+        if wb_why:
+            feat.available.pop("writeback")
+            feat.defines.pop("HAVE_WRITEBACK", None)
+            feat.missing["writeback"] = wb_why
     for name in folio_probes:
         func = feat.available[name]
         if why:

@@ -106,6 +106,8 @@ def select_files(feat: Features) -> list[str]:
         files.append("collapse.c")
     if feat.has("filemap"):
         files.append("filemap.c")
+    if feat.has("writeback"):
+        files.append("writeback.c")
     if feat.has("umem") or any(feat.has(p) for p in PIN_PROBES):
         files.append("pins.c")
     if feat.has("mr_keys"):  # features grants it only with umem: pins.c is in

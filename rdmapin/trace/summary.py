@@ -1,6 +1,7 @@
 """Interval and final summaries: failures by reason and by owner (a folio counts once per
 migration call, as in pgmigrate_fail), compaction scan/skip ratios over pinned pageblocks,
-latency histograms, lost events. Fed one event at a time so the CLI need not keep them."""
+pinned page cache dropped or written back per owner, latency histograms, lost events. Fed
+one event at a time so the CLI need not keep them."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Summary:
         self.compact_all = {"blocks": 0, "scanned": 0, "taken": 0}
         self.isolation_busy: collections.Counter[tuple] = collections.Counter()
         self.pagecache: collections.Counter[tuple] = collections.Counter()  # pages dropped
+        self.writeback: collections.Counter[tuple] = collections.Counter()  # pages written
         self.owners: dict[tuple, Owner | None] = {("unowned",): None}
         self.events = 0
 
@@ -64,11 +66,14 @@ class Summary:
                 # pinned PFNs of the block, split among owners in proportion is not needed:
                 # blocks rarely hold two owners; count them against the first
                 self.compact[_key(ev.owners[0])]["pinned"] += ev.detail.get("pinned", 0)
-        elif ev.kind == Kind.FILEMAP_DELETE:
-            # a pinned page its file no longer has: the MR and the file now differ there
+        elif ev.kind in (Kind.FILEMAP_DELETE, Kind.FILEMAP_WRITEBACK):
+            # deleted: a pinned page its file no longer has, the MR and the file now differ
+            # there; written back: a pinned page on its way to disk while a device may
+            # write it
+            per = self.pagecache if ev.kind == Kind.FILEMAP_DELETE else self.writeback
             for o in ev.owners or [None]:
                 self.owners[_key(o)] = o
-                self.pagecache[_key(o)] += ev.detail["nr_pages"]
+                per[_key(o)] += ev.detail["nr_pages"]
         elif ev.kind == Kind.ISOLATION_TEST and ev.detail.get("busy"):
             o = ev.owners[0] if ev.owners else None
             self.owners[_key(o)] = o
@@ -96,6 +101,11 @@ class Summary:
             rows.append({**self._owner_cols(self.owners[k]), **r, "skip_ratio": ratio})
         return sorted(rows, key=lambda r: -r["pinned"])
 
+    def _file_rows(self, pages: collections.Counter[tuple]) -> list[dict[str, Any]]:
+        return [{**self._owner_cols(self.owners[k]), "pages": n,
+                 "file": self.owners[k].file if self.owners[k] else None}
+                for k, n in pages.most_common()]
+
     def to_dict(self, totals: dict[str, int] | None = None,
                 hists: dict[str, dict[int, int]] | None = None) -> dict[str, Any]:
         by_reason: dict[str, dict[str, int]] = collections.defaultdict(dict)
@@ -111,10 +121,8 @@ class Summary:
             "isolation_busy_by_owner": [
                 {**self._owner_cols(self.owners[k]), "tests": n}
                 for k, n in self.isolation_busy.most_common()],
-            "pagecache_by_owner": [
-                {**self._owner_cols(self.owners[k]), "pages": n,
-                 "file": self.owners[k].file if self.owners[k] else None}
-                for k, n in self.pagecache.most_common()],
+            "pagecache_by_owner": self._file_rows(self.pagecache),
+            "writeback_by_owner": self._file_rows(self.writeback),
             "totals": totals or {},
             "histograms": hists or {},
         }
@@ -164,6 +172,10 @@ def render(s: Summary, totals: dict[str, int], hists: dict[str, dict[int, int]],
     if d["pagecache_by_owner"]:
         out.append(f"{'PAGECACHE DROPPED':>17}  OWNER (pinned pages its file no longer has)")
         for r in d["pagecache_by_owner"]:
+            out.append(f"{r['pages']:>17}  {escape(r['owner'])}")
+    if d["writeback_by_owner"]:
+        out.append(f"{'PAGECACHE WRITTEN':>17}  OWNER (pinned pages written back under the pin)")
+        for r in d["writeback_by_owner"]:
             out.append(f"{r['pages']:>17}  {escape(r['owner'])}")
     for name, buckets in sorted(hists.items()):
         out += _hist_lines(name, buckets)

@@ -31,6 +31,8 @@ from rdmapin.trace.ledger import Keys, Ledger, Live
 
 log = logging.getLogger(__name__)
 
+FILE_KINDS = (Kind.FILEMAP_DELETE, Kind.FILEMAP_WRITEBACK)  # a pinned file page, by PFN
+
 POLL_MS = 50
 PIN_WATCH_S = 0.05  # how often the kernel's live registrations are looked at (Ledger.watch)
 PERF_PAGES = 1024
@@ -80,6 +82,7 @@ class Tracer:
             Kind.UMEM_RELEASE: self._attribute_umem_release,
             Kind.PIN_LONGTERM: self._attribute_pin,
             Kind.FILEMAP_DELETE: self._attribute_filemap,
+            Kind.FILEMAP_WRITEBACK: self._attribute_filemap,
             Kind.MR_KEYS: self._attribute_mr_keys,
         }
         self._table: Any = None
@@ -248,7 +251,7 @@ class Tracer:
             self.events_dropped += 1
         self._events.append(ev)
         if self.on_event is not None and self._wanted(ev):
-            if ev.failed or ev.kind in (Kind.ISOLATE_MIGRATE, Kind.FILEMAP_DELETE):
+            if ev.failed or ev.kind in (Kind.ISOLATE_MIGRATE, *FILE_KINDS):
                 for o in ev.owners:
                     self.owners.resolve_keys(o)
             self.on_event(ev)
@@ -335,8 +338,9 @@ class Tracer:
                                                 PAGE_SIZE, r.ts_ns)]
 
     def _attribute_filemap(self, ev: Event, r: Any) -> None:
-        """A pinned folio left its file's page cache: the owners of its PFNs, named by the
-        file (the pinner's mapping of that inode at the owner's address)."""
+        """A pinned folio left its file's page cache or is being written back: the owners of
+        its PFNs, named by the file (the pinner's mapping of that inode at the owner's
+        address)."""
         nr = ev.detail["nr_pages"]
         if nr == 1:
             o = self._lookup(ev.pfn)

@@ -227,3 +227,29 @@ def test_pagecache_deletions_are_summed_per_file_owner_and_unowned():
     assert o.label() == "mr lkey=0x288 x[7] 0x1000+16384 file=/mnt/pc/f"
     text = render(s, {}, {})
     assert f"{5:>17}  {o.label()}" in text and f"{1:>17}  unowned" in text
+
+
+@pytest.mark.pure
+def test_pinned_pages_written_back_have_a_section_of_their_own_next_to_the_dropped():
+    """Writeback of pinned page cache is summed per owner apart from deletions: the same
+    owner can lose pages to truncation and have others written back."""
+    o = _owner(pid=7)
+    o.lkey, o.file = 0x288, "/mnt/pc/f"
+    s = Summary()
+    for kind, pfn, nr, owners in ((Kind.FILEMAP_WRITEBACK, 500, 1, [o]),
+                                  (Kind.FILEMAP_WRITEBACK, 501, 1, [o]),
+                                  (Kind.FILEMAP_DELETE, 502, 1, [o]),
+                                  (Kind.FILEMAP_WRITEBACK, 900, 4, [])):
+        s.feed(Event(ts=0.0, kind=kind, pid=7, tid=7, comm="x", reason="", pfn=pfn,
+                     owners=owners, detail={"ino": 12, "index": 0, "dev": 0, "nr_pages": nr,
+                                            "refcount": 1025}))
+    d = s.to_dict()
+    assert [(r["pages"], r["file"], r["lkey"]) for r in d["writeback_by_owner"]] == [
+        (4, None, None), (2, "/mnt/pc/f", 0x288)]
+    assert [(r["pages"], r["lkey"]) for r in d["pagecache_by_owner"]] == [(1, 0x288)]
+    lines = render(s, {}, {}).splitlines()
+    i = lines.index(f"{'PAGECACHE DROPPED':>17}  OWNER (pinned pages its file no longer has)")
+    assert lines[i + 1] == f"{1:>17}  {o.label()}"
+    assert lines[i + 2] == (f"{'PAGECACHE WRITTEN':>17}  OWNER (pinned pages written back "
+                            "under the pin)")
+    assert lines[i + 3:i + 5] == [f"{4:>17}  unowned", f"{2:>17}  {o.label()}"]

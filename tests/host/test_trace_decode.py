@@ -5,6 +5,8 @@ then runs as its own step in the tracer (its callback, fed the same records by a
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
 from typing import Any
 
 import numpy as np
@@ -105,6 +107,12 @@ CASES: dict[Kind, tuple[dict[str, Any], dict[str, Any]]] = {
         {"reason": "", "pfn": 0x12340, "pfn_end": 0x12344,
          "detail": {"ino": 12, "index": 3, "dev": 0x10300001, "nr_pages": 4,
                     "refcount": 1026}}),
+    Kind.FILEMAP_WRITEBACK: (
+        {"pfn": 0x2a001, "ino": 13, "index": 40, "dev": 0x10300001, "nr_pages": 1,
+         "refcount": 1027},
+        {"reason": "", "pfn": 0x2a001, "pfn_end": None,
+         "detail": {"ino": 13, "index": 40, "dev": 0x10300001, "nr_pages": 1,
+                    "refcount": 1027}}),
     Kind.MR_KEYS: (
         {"umem": 0xffff888012345000, "get_ts": T0 + 1000, "length": 1 << 21, "lkey": 0x1fa,
          "rkey": 0x1fa, "device": b"rxe0"},
@@ -188,3 +196,27 @@ def test_attribution_of_a_registration_goes_through_the_ledger():
     assert begin.owners == [pending]
     assert migrate.reason == "longterm_pin" and migrate.owners == [pending]
     assert get.reason == "ENOMEM" and t.ledger.registering(7) is None
+
+
+def test_a_pinned_file_page_written_back_names_its_owner_and_the_mapped_file(tmp_path):
+    """Writeback of a pinned page cache page (bpf/writeback.c's record) is attributed by
+    PFN, like a deletion; the owner becomes of kind file, named by the path its process maps
+    at the owner's address when that mapping is of the event's inode (this process's real
+    /proc/self/maps); a PFN nobody pins stays unowned."""
+    path = tmp_path / "pinned-file"
+    path.write_bytes(b"\0" * 8192)
+    ino = os.stat(path).st_ino
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 8192) as m:
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))  # the view is dropped at once
+        t = _tracer()
+        o = t.owners.add(Owner(pid=os.getpid(), comm="worker", addr=addr, length=8192,
+                               source="ledger"), np.array([0x2a000, 0x2a001], dtype=np.uint64))
+        _feed(t, rec(Kind.FILEMAP_WRITEBACK, pfn=0x2a001, ino=ino, index=1, nr_pages=1,
+                     refcount=1027))
+        _feed(t, rec(Kind.FILEMAP_WRITEBACK, pfn=0x77777, ino=ino + 1, index=0, nr_pages=1,
+                     refcount=1025))
+        written, stray = t.events()
+    assert written.name == "pagecache_writeback"
+    assert written.owners == [o] and written.detail["file"] == str(path)
+    assert o.kind == "file" and o.file == str(path)
+    assert stray.owners == [] and "file" not in stray.detail

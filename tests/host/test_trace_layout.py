@@ -33,8 +33,8 @@ def test_kinds_are_the_headers_enum_in_order():
         "MIGRATE", "FOLIO_FAIL", "COMPACT_BEGIN", "COMPACT_END", "ISOLATE_MIGRATE",
         "ISOLATE_FREE", "COMPACT_MIGRATE", "COMPACT_FINISHED", "COMPACT_DEFERRED",
         "ISOLATION_TEST", "COLLAPSE", "UMEM_BEGIN", "UMEM_GET", "UMEM_RELEASE", "PIN_LONGTERM",
-        "FILEMAP_DELETE", "MR_KEYS"]
-    assert [int(k) for k in Kind] == list(range(1, 18))
+        "FILEMAP_DELETE", "FILEMAP_WRITEBACK", "MR_KEYS"]
+    assert [int(k) for k in Kind] == list(range(1, 19))
     assert Kind.FOLIO_FAIL == 2 and Kind(13) is Kind.UMEM_GET
     assert set(EVENT_NAMES) == set(Kind)
 

@@ -59,10 +59,15 @@ def test_every_probe_compiles_and_kprobe_programs_pass_the_verifier(monkeypatch)
         # struct ib_mr, ib_device, rdma_restrack_entry as 6.1's BTF lays them out
         "RP_MR_RES_OFF": "88", "RP_MR_LKEY_OFF": "16", "RP_MR_RKEY_OFF": "20",
         "RP_MR_LENGTH_OFF": "32", "RP_MR_DEVICE_OFF": "0", "RP_IBDEV_NAME_OFF": "1048",
-        "RP_RES_TYPE_OFF": "56", "RP_RESTRACK_MR": "4"},
-        available={name: name for name in ("folio_fail", "umem", "pin_fast", "mr_keys")})
+        "RP_RES_TYPE_OFF": "56", "RP_RESTRACK_MR": "4",
+        # a folio's file (bpf/writeback.c) as 6.1's BTF lays it out
+        "RP_PG_WRITEBACK": "15", "RP_FOLIO_MAPPING_OFF": "24", "RP_FOLIO_INDEX_OFF": "32",
+        "RP_MAPPING_HOST_OFF": "0", "RP_INODE_INO_OFF": "64", "RP_INODE_SB_OFF": "40",
+        "RP_SB_DEV_OFF": "16"},
+        available={name: name for name in ("folio_fail", "umem", "pin_fast", "mr_keys",
+                                           "writeback")})
     files = loader.select_files(feat)
-    assert "pins.c" in files and "mrkeys.c" in files
+    assert "pins.c" in files and "mrkeys.c" in files and "writeback.c" in files
     for k, v in feat.header_env.items():
         monkeypatch.setenv(k, v)
     b = BPF(text=loader.source(files).encode(), cflags=loader.cflags(feat, feat.ringbuf))
