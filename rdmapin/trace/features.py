@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -227,14 +228,25 @@ def _foll_longterm(feat: _Draft) -> int | None:
     return None
 
 
+# bcc's process-wide state (its kernel symbol cache, filled lazily without a lock; the
+# environment its compiler reads headers from) is not thread-safe: every call into it that
+# may touch that state holds this lock.
+BCC_LOCK = threading.RLock()
+
+
 @functools.cache
 def _trampolines() -> bool:
-    """BPF trampolines (fentry/fexit) exist here (asked once: bcc looks up a kernel symbol)."""
+    """BPF trampolines (fentry/fexit) exist here (asked once: bcc looks up a kernel symbol).
+
+    bcc's kernel symbol cache is filled lazily and without a lock: two threads asking at
+    once (the exporter's tracer start and its doctor scan) crashed the process with
+    SIGSEGV in ``bcc_symcache_resolve_name``, so the one question is asked under a lock."""
     try:
         from bcc import BPF
     except ImportError:
         return False
-    return bool(BPF.support_kfunc())
+    with BCC_LOCK:
+        return bool(BPF.support_kfunc())
 
 
 def _fexit_ok(func: str) -> bool:

@@ -16,6 +16,7 @@ from rdmapin import sources
 from rdmapin.errors import RdmapinError, UnsupportedError
 from rdmapin.kernel.tracefs import MOUNT_TRACEFS
 from rdmapin.trace.features import (
+    BCC_LOCK,
     FOLIO_PROBES,
     KPROBES,
     PIN_PROBES,
@@ -235,6 +236,12 @@ def load(target: Features | Plan, *, ringbuf: bool | None = None,
         raise UnsupportedError(pl.blocked,
                                hint="mount tracefs and run as root; kernel headers are "
                                     "needed for bcc")
+    with BCC_LOCK:  # bcc's symbol cache and the environment are the process's
+        return _load(BPF, pl, extra)
+
+
+def _load(BPF: type, pl: Plan, extra: Mapping[str, str | None] | None) -> Program:
+    """load() once the plan can be loaded: compile, then attach its kprobes."""
     refused: dict[str, str] = {}
     saved = {k: os.environ.get(k) for k in pl.header_env}
     os.environ.update(pl.header_env)

@@ -111,3 +111,32 @@ def test_btf_of_this_kernel_has_the_fields_the_folio_probe_reads():
     assert b.offsetof("page", "_mapcount") is not None
     assert "PG_head" in b.enums
     assert (b.offsetof("folio", "_folio_order") or b.offsetof("folio", "_flags_1")) is not None
+
+
+RACE = """
+import threading
+from rdmapin.trace import features
+start = threading.Barrier(4)
+def ask():
+    start.wait()
+    features._trampolines()
+threads = [threading.Thread(target=ask) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_threads_asking_for_trampolines_at_once_do_not_crash_bcc():
+    """bcc fills its kernel symbol cache lazily and without a lock: 4 threads calling
+    BPF.support_kfunc() at once crashed 10 of 20 processes here (SIGSEGV/SIGABRT), as the
+    exporter's tracer start and doctor scan did in CI. rdmapin asks under BCC_LOCK."""
+    pytest.importorskip("bcc")
+    import subprocess
+    import sys
+
+    for _ in range(10):
+        r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", RACE],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"exit {r.returncode}:\n{r.stderr[-3000:]}"
