@@ -11,12 +11,14 @@ Each side writes its measured times to RESULTS/faults-ROLE.json for the record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,12 +101,15 @@ def _link(state: str) -> None:
     subprocess.run(["ip", "link", "set", LINK, state], check=True)
 
 
-def test_link_down_mid_transfer(peer, pins):
+@contextlib.contextmanager
+def connected(peer, seed: int) -> Iterator[tuple[RcQp, rdmapin.MemoryRegion, Endpoint]]:
+    """An RC QP on rxe2 connected to the peer's, a registered SIZE buffer of a pattern, and
+    the peer's endpoint; the QP and PD closed on the way out."""
     from pyverbs.device import Context
     from pyverbs.pd import PD
 
     buf = rdmapin.empty(SIZE, "uint8")
-    pattern(buf, seed=7)
+    pattern(buf, seed=seed)
     with Context(name=DEVICE) as ctx, PD(ctx) as vpd:
         pd = rdmapin.ProtectionDomain.from_pyverbs(vpd)
         qp = RcQp(ctx, vpd)
@@ -113,6 +118,15 @@ def test_link_down_mid_transfer(peer, pins):
             there = peer.endpoint(qp.endpoint(buf=mr))
             qp.connect(there)
             peer.exchange("connected")
+            yield qp, mr, there
+        finally:
+            qp.close()
+            pd.close()
+
+
+def test_link_down_mid_transfer(peer, pins):
+    try:
+        with connected(peer, seed=7) as (qp, mr, there):
             if ROLE == "a":
                 peer.send("writing", None)
                 err, waited, done = write_until_error(qp, mr, there.mrs["buf"])
@@ -137,11 +151,9 @@ def test_link_down_mid_transfer(peer, pins):
                 back = _wait_port("ACTIVE")
                 record("link_down", down_s=time.monotonic() - down_at, port_active_s=back)
                 peer.send("link up", None)
-        finally:
-            if ROLE == "b":
-                _link("up")
-            qp.close()
-            pd.close()
+    finally:
+        if ROLE == "b":
+            _link("up")
     assert procfs.vm_pin() == pins[0]
 
 
@@ -153,29 +165,14 @@ def test_peer_killed_mid_transfer(peer, pins):
 
 
 def _survivor(peer) -> None:
-    from pyverbs.device import Context
-    from pyverbs.pd import PD
-
-    buf = rdmapin.empty(SIZE, "uint8")
-    pattern(buf, seed=9)
-    with Context(name=DEVICE) as ctx, PD(ctx) as vpd:
-        pd = rdmapin.ProtectionDomain.from_pyverbs(vpd)
-        qp = RcQp(ctx, vpd)
-        try:
-            mr = pd.register(buf, RW)
-            there = peer.endpoint(qp.endpoint(buf=mr))
-            qp.connect(there)
-            peer.exchange("connected")
-            peer.send("writing", None)
-            err, waited, done = write_until_error(qp, mr, there.mrs["buf"])
-            record("peer_killed", waited_s=waited, writes_before=done, bound_s=FAULT_BOUND_S)
-            assert_survived(err, waited)
-            assert done > 0, "no write went through before the kill"
-            theirs = peer.recv("killed", timeout=120)
-            assert theirs["foll_pins_back"], theirs
-        finally:
-            qp.close()
-            pd.close()
+    with connected(peer, seed=9) as (qp, mr, there):
+        peer.send("writing", None)
+        err, waited, done = write_until_error(qp, mr, there.mrs["buf"])
+        record("peer_killed", waited_s=waited, writes_before=done, bound_s=FAULT_BOUND_S)
+        assert_survived(err, waited)
+        assert done > 0, "no write went through before the kill"
+        theirs = peer.recv("killed", timeout=120)
+        assert theirs["foll_pins_back"], theirs
 
 
 def _victim_host(peer, foll_baseline: int) -> None:
