@@ -117,7 +117,7 @@ def _probes(feat: _features.Features, tfs: Path) -> Iterator[Check]:
                     f"{len(fns) - len(fn_missing)}/{len(fns)} attachable; missing "
                     + ", ".join(sorted({fns[n] for n in fn_missing})), data=data,
                     fix="; ".join(sorted(set(fn_missing.values())))
-                        + " (ib_umem_* need ib_core loaded: modprobe ib_uverbs)")
+                        + " (ib_umem_* and rdma_restrack_add are ib_core's: modprobe ib_uverbs)")
     elif fn_missing:
         yield Check("kprobe fns", Status.WARN, "none attachable: no kprobes on this kernel",
                     data=data, fix="trace in the VM for pin/unpin and per-folio probes: "
