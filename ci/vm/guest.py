@@ -124,8 +124,26 @@ class GuestConfig:
             argv += ["--shell", str(HERE / "guest-shell"), "--append",
                      "rdmapin.init=" + base64.b64encode(shlex.join(guest).encode()).decode()]
         else:
+            _fits_kernel_cmdline(shlex.join(guest), append)
             argv += ["--exec", shlex.join(guest)]
         return argv
+
+
+# x86's COMMAND_LINE_SIZE. virtme-ng hands --exec's command to the guest base64-encoded on the
+# kernel command line, after ~750 bytes of its own (measured); a longer line is cut and the
+# guest sits idle at boot, never running the command (ci/test passing 40 test files did that).
+CMDLINE_MAX = 2048
+VIRTME_OWN = 900
+
+
+def _fits_kernel_cmdline(command: str, append: list[str]) -> None:
+    size = len(base64.b64encode(command.encode())) + sum(len(a) + 1 for a in append)
+    if size + VIRTME_OWN >= CMDLINE_MAX:
+        raise SystemExit(
+            f"ci/vm: the guest command ({len(command)} bytes, {size} with --append as the "
+            f"kernel command line carries it) does not fit the kernel's {CMDLINE_MAX}-byte "
+            f"command line next to virtme-ng's own ~{VIRTME_OWN}: pass fewer arguments (a "
+            "directory instead of many files, or a script in the shared tree)")
 
 
 def kernel_series() -> tuple[list[str], str]:

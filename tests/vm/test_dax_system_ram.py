@@ -70,6 +70,17 @@ class SystemRam:
         (MEMORY / f"memory{block}" / "state").write_text(how)
         assert _state(block) == "online"
 
+    def buffer_in(self, block: int, how: str, zone: str):
+        """(buf, its MR_PAGES uint8 view, their PFNs) on the device's node, with ``block``
+        onlined ``how`` as the one ``zone`` block there, which holds every page."""
+        self.online(block, how)
+        assert _zones(block) == zone
+        buf, arr = buffer_on_node(MR_PAGES, self.node)
+        pfns = pfns_of(arr)
+        assert set((pfns // memblock.block_pages()).tolist()) == {block}, \
+            f"the buffer is not all in the device's {zone} block"
+        return buf, arr, pfns
+
 
 @pytest.fixture(scope="module")
 def system_ram() -> Iterator[SystemRam]:
@@ -102,12 +113,7 @@ def system_ram() -> Iterator[SystemRam]:
 def test_a_pin_refuses_offlining_its_normal_block_until_closed(system_ram, pins):
     """The tracer's memory_hotplug failures name the MR; totals equal /proc/vmstat's."""
     block = system_ram.blocks[-1]
-    system_ram.online(block, "online_kernel")
-    assert _zones(block) == "Normal"
-    buf, arr = buffer_on_node(MR_PAGES, system_ram.node)
-    pfns = pfns_of(arr)
-    assert set((pfns // memblock.block_pages()).tolist()) == {block}, \
-        "the buffer is not all in the device's Normal block"
+    buf, arr, pfns = system_ram.buffer_in(block, "online_kernel", "Normal")
     with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
         with Tracer() as t:
             mr = pd.register(arr)
@@ -142,12 +148,7 @@ def test_a_pin_refuses_offlining_its_normal_block_until_closed(system_ram, pins)
 
 def test_registering_on_movable_system_ram_migrates_the_pages_out_first(system_ram, pins):
     block = system_ram.blocks[0]
-    system_ram.online(block, "online_movable")
-    assert _zones(block) == "Movable"
-    buf, arr = buffer_on_node(MR_PAGES, system_ram.node)
-    before = pfns_of(arr)
-    assert set((before // memblock.block_pages()).tolist()) == {block}, \
-        "the buffer is not all in the device's Movable block"
+    buf, arr, _ = system_ram.buffer_in(block, "online_movable", "Movable")
     with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
         v0 = procfs.vmstat()
         with pd.register(arr) as mr:

@@ -43,6 +43,8 @@ def test_one_prometheus_scrapes_both_hosts(peer, pins, tmp_path):
                         "--slow-interval", "600")
     prom = None
     try:
+        if ROLE == "a":  # starts while the exporters import (tens of seconds each under TCG)
+            prom = Prometheus(tmp_path, [f"{SELF}:{EXPORTER_PORT}", f"{PEER}:{EXPORTER_PORT}"])
         exporter.serving()
         with rdmapin.open_device(DEVICE) as dev, dev.alloc_pd() as pd:
             buf = rdmapin.empty(MR_BYTES[ROLE], "uint8")
@@ -51,9 +53,7 @@ def test_one_prometheus_scrapes_both_hosts(peer, pins, tmp_path):
                         "foll_pins": procfs.foll_pins()}
                 assert here["pinning"]  # this process, at least
                 there = peer.exchange("pinning", here, timeout=300)
-                if ROLE == "a":
-                    prom = Prometheus(tmp_path, [f"{SELF}:{EXPORTER_PORT}",
-                                                 f"{PEER}:{EXPORTER_PORT}"])
+                if prom is not None:
                     for host, facts in ((SELF, here), (PEER, there)):
                         _agrees(prom, f"{host}:{EXPORTER_PORT}", facts)
                 peer.exchange("checked", timeout=600)
