@@ -26,7 +26,8 @@ so a later buffer at the same address is a correct hit (same pages).
 Budget: RLIMIT_MEMLOCK less VmPin at creation, or a quarter of MemTotal when RLIMIT_MEMLOCK
 is unlimited or the process has CAP_IPC_LOCK; ``max_regions`` defaults to 4096 (each cached
 range can split its VMA: vm.max_map_count). Past the budget the least recently used idle MRs
-are evicted; ENOMEM from a registration evicts every idle MR and retries once.
+are evicted; ENOMEM from a registration evicts every idle MR of every cache of the
+process (VmPin is the process's) and retries once.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import itertools
 import resource
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,9 @@ REAP_BATCH = 64
 # userfaultfd registration and its entry's insertion must not interleave with another
 # cache's unregistration of the same range. Hits never take it.
 _miss_lock = threading.RLock()
+# Every open cache of this process: VmPin and RLIMIT_MEMLOCK are the process's, so an ENOMEM
+# in one cache evicts the idle MRs of all of them before it gives up.
+_caches: weakref.WeakSet[RegCache] = weakref.WeakSet()
 _ids = itertools.count(1)
 
 
@@ -226,6 +231,7 @@ class RegCache(Resource):
         rc = _rc.rdmapin_uffd_start()
         self.source_error = -rc  # 0: the userfaultfd watches the cached ranges
         super().__init__(pd)
+        _caches.add(self)
 
     # -- the hit path ------------------------------------------------------------------
     def get(self, buffer: Any, access: int = Access.LOCAL_WRITE) -> CacheHandle:
@@ -294,8 +300,8 @@ class RegCache(Resource):
 
     def _register(self, buffer: Any, addr: int, length: int, access: int,
                   export: Any) -> CacheHandle:
-        """The miss, in one C call (rdmapin_rc_miss); an ENOMEM evicts every idle MR and
-        tries once more over the request's own range."""
+        """The miss, in one C call (rdmapin_rc_miss); an ENOMEM evicts every idle MR of
+        every cache of the process and tries once more over the request's own range."""
         start = addr - addr % PAGE
         end = -(-(addr + length) // PAGE) * PAGE
         huge, map_lo, map_hi = _huge_mapping(buffer)
@@ -306,7 +312,9 @@ class RegCache(Resource):
         with _miss_lock:
             rc = _rc_miss(self._c, pd, entry, start, end, huge, map_lo, map_hi, access, 0, out)
             if rc == -_errno.ENOMEM:
-                self._reap(2, 0)
+                for cache in list(_caches):  # this process's pins, whichever cache holds them
+                    if not cache._closed and not _rc.rdmapin_rc_forked(cache._c):
+                        cache._reap(2, 0)
                 rc = _rc_miss(self._c, pd, entry, start, end, huge, map_lo, map_hi, access, 1,
                               out)
             if rc < 0:

@@ -211,7 +211,8 @@ with rdmapin.open_device("rxe0") as dev, dev.alloc_pd() as pd:
     for b in bufs:
         with cache.get(b) as h:
             pass
-    # A budget above the limit: only the ENOMEM retry (evict every idle MR) can succeed.
+    # A budget above the limit, the first cache still holding its idle MRs: only the ENOMEM
+    # retry, evicting the idle MRs of both caches, can succeed.
     big = pd.cache(max_bytes=1 << 30)
     for b in bufs:
         big.get(b).release()
