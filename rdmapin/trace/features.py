@@ -240,7 +240,7 @@ def _trampolines() -> bool:
 
     bcc's kernel symbol cache is filled lazily and without a lock: two threads asking at
     once (the exporter's tracer start and its doctor scan) crashed the process with
-    SIGSEGV in ``bcc_symcache_resolve_name``, so the one question is asked under a lock."""
+    SIGSEGV in ``bcc_symcache_resolve_name``, so the one question is asked under BCC_LOCK."""
     try:
         from bcc import BPF
     except ImportError:
