@@ -125,8 +125,8 @@ def connected(peer, seed: int) -> Iterator[tuple[RcQp, rdmapin.MemoryRegion, End
 
 
 def test_link_down_mid_transfer(peer, pins):
-    try:
-        with connected(peer, seed=7) as (qp, mr, there):
+    with connected(peer, seed=7) as (qp, mr, there):
+        try:
             if ROLE == "a":
                 peer.send("writing", None)
                 err, waited, done = write_until_error(qp, mr, there.mrs["buf"])
@@ -151,9 +151,9 @@ def test_link_down_mid_transfer(peer, pins):
                 back = _wait_port("ACTIVE")
                 record("link_down", down_s=time.monotonic() - down_at, port_active_s=back)
                 peer.send("link up", None)
-    finally:
-        if ROLE == "b":
-            _link("up")
+        finally:  # the link back up before the QP and PD close, on every way out
+            if ROLE == "b":
+                _link("up")
     assert procfs.vm_pin() == pins[0]
 
 
