@@ -41,7 +41,6 @@ MR_PAGES = 2048  # 8 MiB
 FILLER_PAGES = 200 * 2**20 // PAGE
 ATTEMPTS = 4
 OFFLINE_S = 2.0
-TRACER_S = 900.0  # b compiles its tracer first (minutes under TCG)
 RW = Access.LOCAL_WRITE | Access.REMOTE_WRITE
 
 
@@ -65,7 +64,7 @@ def test_moving_and_offlining_the_target_of_remote_writes(peer, pins, tracer):
 def _writer(peer, qp: RcQp, pd) -> None:
     src = rdmapin.empty(MR_PAGES * PAGE, "uint8")
     mr = pd.register(src, RW)
-    qp.connect(peer.endpoint(qp.endpoint(), timeout=TRACER_S))
+    qp.connect(peer.endpoint(qp.endpoint()))
     peer.exchange("connected")
     while (target := peer.recv("target", timeout=120)) is not None:
         remote = RemoteMR(*target)
@@ -109,7 +108,7 @@ def _target(peer, qp: RcQp, pd, t) -> None:
     kept = []
     tried = []
     earlier = len(t.events())  # the session's tracer: what it saw before this test
-    qp.connect(peer.endpoint(qp.endpoint(), timeout=TRACER_S))
+    qp.connect(peer.endpoint(qp.endpoint()))
     peer.exchange("connected")
     for _ in range(ATTEMPTS):
         buf, arr = buffer_on_node(MR_PAGES, 1)
