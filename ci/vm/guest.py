@@ -14,13 +14,20 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[2]
 HERE = TOP / "ci" / "vm"
 EXIT_MARK = "rdmapin-guest: exit status "
+BOOT_MARK = "rdmapin-guest: step_"  # guest-init's first console line
+# A guest that has not reached guest-init by then never will (a boot that hung, a command
+# line virtme-ng could not hand over): stop it instead of waiting out --timeout. Boots take
+# 40-80 s here under TCG with three guests on two cores.
+BOOT_S = float(os.environ.get("RDMAPIN_VM_BOOT_TIMEOUT", "600"))
 
 
 def size_mib(text: str) -> int:
@@ -200,18 +207,54 @@ def kill(proc: subprocess.Popen, sig: int) -> None:
     proc.wait()
 
 
-def failure(console_log: Path, timed_out: bool, timeout: float) -> str | None:
-    """Why a non-interactive guest did not finish its command, or None when it did: guest-init
-    writes the exit-status mark as its last console line, which a panic or hang never
-    reaches."""
+def failure(console_log: Path) -> str | None:
+    """Why a non-interactive guest that ended by itself did not finish its command, or None
+    when it did: guest-init writes the exit-status mark as its last console line, which a
+    panic never reaches."""
     log = console_log.read_text(errors="replace") if console_log.exists() else ""
-    if timed_out:
-        return f"timed out after {timeout:.0f} s"
     if "Kernel panic" in log:
         return "guest kernel crashed"
     if EXIT_MARK not in log:
         return "guest died before CMD finished"
     return None
+
+
+def reached_guest_init(console_log: Path) -> bool:
+    try:
+        return BOOT_MARK in console_log.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def boot_stalled(console_log: Path, elapsed: float) -> str | None:
+    """Why to stop a guest that is ``elapsed`` seconds into its boot, or None."""
+    if elapsed > BOOT_S and not reached_guest_init(console_log):
+        return (f"the guest did not reach guest-init within {BOOT_S:.0f} s of its start "
+                "(RDMAPIN_VM_BOOT_TIMEOUT): its boot hung")
+    return None
+
+
+def wait_guest(proc: subprocess.Popen, console_log: Path, timeout: float,
+               watch_boot: bool = True) -> tuple[int, str | None]:
+    """(exit status, None) when vng ends by itself; (124, why) past ``timeout``, (125, why)
+    for a boot that stalled (boot_stalled): the guest is killed then."""
+    t0 = time.monotonic()
+    booted = not watch_boot
+    while True:
+        try:
+            return proc.wait(timeout=min(1.0, max(0.0, t0 + timeout - time.monotonic()))), None
+        except subprocess.TimeoutExpired:
+            pass
+        elapsed = time.monotonic() - t0
+        if elapsed >= timeout:
+            kill(proc, signal.SIGKILL)
+            return 124, f"timed out after {timeout:.0f} s"
+        if not booted:
+            why = boot_stalled(console_log, elapsed)
+            if why:
+                kill(proc, signal.SIGKILL)
+                return 125, why
+            booted = elapsed > BOOT_S
 
 
 def guest_status(console_log: Path) -> int | None:

@@ -3,8 +3,10 @@ hugetlb pages, the kernel console captured; checked on the real script's --dry-r
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,32 @@ def test_pmem_adds_an_nvdimm_with_a_label_area_and_its_setup():
     exec_cmd = shlex.split(argv[argv.index("--exec") + 1])
     tail = exec_cmd[exec_cmd.index("--") + 1:]
     assert tail[0].endswith("ci/vm/guest-pmem") and tail[1:] == ["--", "sh", "-c", "exit 7"]
+
+
+WAIT_GUEST = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import guest
+log = Path(sys.argv[2])
+log.write_text(sys.argv[4])
+proc = guest.start([sys.executable, "-c", sys.argv[3]], stdin_ok=False)
+rc, why = guest.wait_guest(proc, log, timeout=4)
+print(rc, why)
+"""
+
+
+@pytest.mark.parametrize("child, console, want", [
+    ("import time; time.sleep(60)", "booting\n", (125, "did not reach guest-init")),
+    ("import time; time.sleep(60)", "rdmapin-guest: step_mount_tracing\n", (124, "timed out")),
+    ("raise SystemExit(3)", "", (3, "None")),
+])
+def test_wait_guest_stops_a_boot_that_never_reaches_guest_init(tmp_path, child, console, want):
+    """A guest whose console never shows guest-init's first step is stopped after
+    RDMAPIN_VM_BOOT_TIMEOUT (status 125) instead of waiting out --timeout (124); one that
+    booted runs on to the timeout; one that ends gives its own status."""
+    out = subprocess.run(
+        [sys.executable, "-c", WAIT_GUEST, str(RUN.parent), str(tmp_path / "console.log"),
+         child, console], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "RDMAPIN_VM_BOOT_TIMEOUT": "1"}, check=True).stdout.split(maxsplit=1)
+    assert (int(out[0]), want[1] in out[1]) == (want[0], True), out
