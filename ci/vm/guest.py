@@ -23,6 +23,7 @@ from pathlib import Path
 TOP = Path(__file__).resolve().parents[2]
 HERE = TOP / "ci" / "vm"
 EXIT_MARK = "rdmapin-guest: exit status "
+RO_TAG = "rdmapin_ro"  # the 9p export guest-init mounts with cache=loose
 BOOT_MARK = "rdmapin-guest: step_"  # guest-init's first console line
 # A guest that has not reached guest-init by then never will (a boot that hung, a command
 # line virtme-ng could not hand over): stop it instead of waiting out --timeout. Boots take
@@ -70,7 +71,11 @@ class GuestConfig:
             argv += ["--rwdir", str(self.results)]
         if not self.kvm:
             argv.append("--disable-kvm")
-        qemu = list(self.qemu_opts)
+        # The host root once more, read-only, for guest-init to mount with a page cache
+        # (step_cached_trees): virtme-ng's own 9p mounts have none.
+        qemu = ["-fsdev", f"local,id={RO_TAG},path=/,security_model=none,readonly=on",
+                "-device", f"virtio-9p-pci,fsdev={RO_TAG},mount_tag={RO_TAG}",
+                *self.qemu_opts]
         append = [f"hugepages={self.hugepages}"] if self.hugepages else []
         if self.dimm_mib:
             # Boot memory is node 0; node 1 holds only a hot-plugged DIMM, onlined as
